@@ -1,0 +1,199 @@
+"""The command line: parse → config dataclass → one library call. Owns printing and exit codes.
+
+Only the standard library is imported at module level, so ``--help`` answers without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import UsageError
+
+    try:
+        return args.handler(args) or 0
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, RuntimeError) as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinydiffusion", description="Train context-conditioned image diffusion "
+                                     "models and sample them with DDPM and DDIM.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_train(commands)
+    _add_sample(commands)
+    _add_data(commands)
+    return parser
+
+
+# ---------------------------------------------------------------------- train
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train a model (default: the embedded sprites, 3 minutes)",
+                            description="Train a diffusion model. Everything of a run goes under --out; the EMA "
+                                        "model is exported to OUT/model at the end (or on Ctrl-C).")
+    p.add_argument("--out", default="runs/train", help="run folder (default: runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="'sprites' (default, embedded), 'emoji', a folder with one sub-folder per class, "
+                                  "an .npz, or the course's images .npy")
+    g.add_argument("--labels", help="the course's one-hot labels .npy (N×K) for an images .npy")
+    g.add_argument("--class-names", type=_names, help="comma-separated class names for --labels columns")
+    g.add_argument("--skip-bad-files", action="store_true", default=None, help="skip and count unreadable images")
+    g.add_argument("--context", choices=["class", "none"], help="condition on class labels (default) or nothing")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
+    g.add_argument("--no-balance", dest="balance", action="store_false", default=None,
+                   help="draw images uniformly instead of equally per class")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="preset: tiny, small (default), base (GPU) or course")
+    g.add_argument("--image-size", type=int, help="training resolution in pixels (default 16)")
+    g.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
+    g.add_argument("--T", type=int, dest="T", help="diffusion steps (default 500)")
+    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default eps)")
+    g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (e.g. 5)")
+    g = p.add_argument_group("optimisation")
+    for flag, kind, text in [("--batch-size", int, "images per step (default 64)"),
+                             ("--lr", float, "peak AdamW learning rate (default 2e-3)"),
+                             ("--warmup", int, "warm-up steps (default 100)"),
+                             ("--weight-decay", float, "AdamW weight decay (default 0)"),
+                             ("--grad-clip", float, "gradient norm clip (default 1)"),
+                             ("--ema-decay", float, "EMA decay of the exported weights (default 0.995)"),
+                             ("--p-uncond", float, "probability of dropping the context (default 0.1)")]:
+        g.add_argument(flag, type=kind, help=text)
+    g = p.add_argument_group("budget (the first reached stops training; default 3 minutes)")
+    g.add_argument("--steps", type=int, help="optimizer steps")
+    g.add_argument("--epochs", type=float, help="passes over the data")
+    g.add_argument("--minutes", type=float, help="wall-clock minutes")
+    g = p.add_argument_group("run")
+    g.add_argument("--sample-every", type=int, help="write a sample grid every N steps (default 500)")
+    g.add_argument("--checkpoint-every", type=int, help="save the training state every N steps (default 500)")
+    g.add_argument("--log-every", type=int, help="metrics.csv row every N steps (default 25)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(**_given(args, TrainConfig))
+    result = train(config, resume=args.resume)
+    print(f"trained {result.step} steps in {result.seconds:.0f} s (last loss {result.loss:.4f})")
+    print(f"  model:    {result.model_dir}   (sample it: tinydiffusion sample {result.model_dir})")
+    print(f"  samples:  {result.out / 'samples'}")
+    print(f"  metrics:  {result.out / 'metrics.csv'}")
+    print(f"  state:    {result.out / 'state.pt'}")
+    if result.interrupted:
+        print(f"interrupted: state saved; continue with: tinydiffusion train --out {result.out} --resume")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def _add_sample(commands) -> None:
+    p = commands.add_parser("sample", help="sample a trained model",
+                            description="Sample a model folder. By default one row per class, --n images each.")
+    p.add_argument("model", help="an exported model folder (e.g. runs/train/model)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="ddpm (default) or ddim")
+    p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim)")
+    p.add_argument("--eta", type=float, help="ddim noise, 0 (deterministic, default) to 1")
+    p.add_argument("--variance", choices=["large", "small"], help="ddpm noise level: beta_t (large) or beta~_t")
+    p.add_argument("--no-extra-noise", dest="extra_noise", action="store_false", default=None,
+                   help="ddpm without the added noise (shows the collapse to the data average)")
+    p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
+    p.add_argument("--context", dest="contexts", action="append",
+                   help="class name or mixture ('hero', 'hero=1,item=0.6', 'monster+spell', 'none'); "
+                        "repeat for more rows (default: every class)")
+    p.add_argument("--n", type=int, help="images per row (default 8)")
+    p.add_argument("--seed", type=int, help="seed of the first column (default 0)")
+    p.add_argument("--out", help="a .png grid (default samples.png), an .npz of raw images, or a folder")
+    p.add_argument("--gif", help="also write the denoising animation to this .gif")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.set_defaults(handler=_sample)
+
+
+def _sample(args) -> int:
+    from .generate import SampleConfig, sample_to_files
+
+    values = _given(args, SampleConfig)
+    if "contexts" in values:
+        values["contexts"] = tuple(values["contexts"])
+    result = sample_to_files(SampleConfig(**values))
+    per_image = result.seconds / result.count
+    print(f"{result.count} images with {values.get('sampler', 'ddpm')}, {result.nfe} network evaluations each: "
+          f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
+    for path in result.paths:
+        print(f"  wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- data
+def _add_data(commands) -> None:
+    p = commands.add_parser("data", help="inspect data sets")
+    sub = p.add_subparsers(title="data commands", metavar="COMMAND")
+    info = sub.add_parser("info", help="count images per class")
+    info.add_argument("data", nargs="?", default="sprites", help="as for train --data (default: sprites)")
+    info.add_argument("--labels", help="the course's one-hot labels .npy")
+    info.add_argument("--class-names", type=_names, help="comma-separated class names")
+    info.add_argument("--skip-bad-files", action="store_true", help="skip and count unreadable images")
+    info.set_defaults(handler=_data_info)
+    p.set_defaults(handler=lambda args: (p.print_help(), EXIT_USAGE)[1])
+
+
+def _data_info(args) -> int:
+    from .data import load_dataset
+
+    d = load_dataset(args.data, labels=args.labels, class_names=args.class_names, skip_bad_files=args.skip_bad_files)
+    print(f"{d.name}: {len(d)} images, {d.size}×{d.size} RGB" + (f", {d.skipped} bad files skipped" if d.skipped else ""))
+    counts = d.counts()
+    width = max([len(n) for n in counts] + [5])
+    for name, count in counts.items():
+        print(f"  {name:<{width}}  {count:>6}")
+    if not counts:
+        print("  (no class labels)")
+    if d.captions is not None:
+        print(f"  captions, e.g.: {', '.join(repr(str(c)) for c in d.captions[:: max(1, len(d) // 4)][:4])}")
+    return 0
+
+
+# ---------------------------------------------------------------------- helpers
+def _given(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    """The options the user set (argparse defaults are None), keyed by the config's field names."""
+    names = {f.name for f in fields(config_type)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"tinydiffusion {__version__}"
+

@@ -1,0 +1,55 @@
+"""Pictures people look at: sample grids (PNG) and denoising animations (GIF), via Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(x) -> np.ndarray:
+    """``[N, 3, H, W]`` floats in ``[-1, 1]`` to uint8 ``[N, H, W, 3]``.
+
+    Values are clipped, not min–max stretched per image: stretching would hide colour errors.
+    """
+    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to("cpu")
+    return x.byte().permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: np.ndarray, ncol: int, *, scale: int = 1, pad: int = 1, background: int = 40) -> Image.Image:
+    """Tile uint8 ``[N, H, W, 3]`` images row by row into one picture, ``scale``× enlarged (nearest)."""
+    n, h, w, _ = images.shape
+    ncol = max(1, min(ncol, n))
+    nrow = -(-n // ncol)
+    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), background, dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = images[k]
+    picture = Image.fromarray(canvas)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST) if scale > 1 else picture
+
+
+def display_scale(size: int) -> int:
+    """Enlarge small images so a grid is comfortable to look at (about 64 px per image)."""
+    return max(1, 64 // size)
+
+
+def save_grid(images: np.ndarray, path: str | Path, ncol: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, ncol, scale=display_scale(images.shape[1])).save(path)
+    return path
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, ncol: int, *, ms_per_frame: int = 60,
+             hold_last_ms: int = 1500) -> Path:
+    """One grid per frame; the last frame (the result) is held longer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = display_scale(frames[0].shape[1])
+    pictures = [grid(f, ncol, scale=scale) for f in frames]
+    durations = [ms_per_frame] * (len(pictures) - 1) + [hold_last_ms]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
+    return path

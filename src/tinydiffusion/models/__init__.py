@@ -1,0 +1,85 @@
+"""Networks and their presets. Every network follows ``model(x_t, t, context) -> eps_hat``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import UsageError, bad_value
+
+ARCHS = ("unet", "course")
+
+# Sized for a 2-core CPU (tiny, small) and for a GPU (base). The measured parameter counts and
+# images/s are in the README's "Models" table.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"arch": "unet", "base": 16, "mults": (1, 2, 2), "blocks": 1},
+    "small": {"arch": "unet", "base": 32, "mults": (1, 2, 2), "blocks": 1, "attention": (8,)},
+    "base": {"arch": "unet", "base": 64, "mults": (1, 2, 2, 2), "blocks": 2, "attention": (8, 4)},
+    "course": {"arch": "course", "base": 64},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "unet"
+    image_size: int = 16
+    channels: int = 3
+    context_width: int = 5
+    base: int = 32
+    mults: tuple[int, ...] = (1, 2, 2)
+    blocks: int = 1
+    attention: tuple[int, ...] = field(default_factory=tuple)
+    dropout: float = 0.0
+    T: int = 500  # only the course network uses it (it is fed t/T)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise bad_value("arch", self.arch, f"one of {', '.join(ARCHS)}")
+        if self.image_size < 4 or self.image_size % self.divisor:
+            raise bad_value("image_size", self.image_size,
+                            f"a multiple of {self.divisor} (the {self.arch} network halves it {self.divisor.bit_length() - 1} times)")
+        if any(a > 8 for a in self.attention):
+            raise bad_value("attention", list(self.attention), "resolutions of 8 or below (attention is quadratic in pixels)")
+        if self.base < 8 or self.blocks < 1 or not self.mults:
+            raise bad_value("base/blocks/mults", (self.base, self.blocks, self.mults), "base >= 8, blocks >= 1, mults non-empty")
+
+    @property
+    def divisor(self) -> int:
+        return 4 if self.arch == "course" else 2 ** (len(self.mults) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        for key in ("mults", "attention"):
+            if key in d:
+                d[key] = tuple(d[key])
+        try:
+            return ModelConfig(**d)
+        except TypeError as e:
+            raise UsageError(f"model config has unknown settings: {e}") from None
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset with overrides such as ``image_size`` and ``context_width``."""
+    if name not in PRESETS:
+        raise bad_value("model", name, f"one of the presets {', '.join(PRESETS)}")
+    return replace(ModelConfig(**PRESETS[name]), **overrides) if overrides else ModelConfig(**PRESETS[name])
+
+
+def build_model(config: ModelConfig):
+    """An ``nn.Module`` from its config (imports torch lazily)."""
+    if config.arch == "course":
+        from .course import CourseUNet
+
+        return CourseUNet(config.image_size, config.channels, config.context_width, config.base, config.T)
+    from .unet import UNet
+
+    return UNet(config.image_size, config.channels, config.context_width, config.base, config.mults,
+                config.blocks, config.attention, config.dropout)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

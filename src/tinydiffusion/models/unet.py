@@ -1,0 +1,134 @@
+"""The default UNet: residual blocks where the context scales and the time shifts.
+
+Each block applies ``h = norm(h) · (1 + s(context)) + b(time)``: the course network's rule
+(context embedding multiplies, time embedding adds) applied in every block of both paths.
+Self-attention is optional at resolutions of 8×8 and below; the output conv starts at zero so a
+fresh model predicts ``eps_hat = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps (Vaswani et al. 2017, as used by Ho et al. 2020): ``[B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # [B, half]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.scale = nn.Linear(emb_dim, c_out)  # from the context embedding: multiplies
+        self.shift = nn.Linear(emb_dim, c_out)  # from the time embedding: adds
+        self.norm2, self.dropout = _norm(c_out), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale = self.scale(c_emb)[:, :, None, None]  # [B, C, 1, 1]
+        shift = self.shift(t_emb)[:, :, None, None]
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.norm, self.qkv = _norm(channels), nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Level(nn.Module):
+    """``blocks`` residual blocks at one resolution, each optionally followed by attention."""
+
+    def __init__(self, c_ins: list[int], c_out: int, emb_dim: int, attention: bool, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c, c_out, emb_dim, dropout) for c in c_ins)
+        self.attn = nn.ModuleList(Attention(c_out) if attention else nn.Identity() for _ in c_ins)
+
+
+class UNet(nn.Module):
+    """``model(x_t, t, context) -> eps_hat`` for images whose sides are divisible by ``2**(len(mults)-1)``."""
+
+    def __init__(self, image_size: int = 16, channels: int = 3, context_width: int = 5, base: int = 32,
+                 mults: tuple[int, ...] = (1, 2, 2), blocks: int = 1, attention: tuple[int, ...] = (),
+                 dropout: float = 0.0):
+        super().__init__()
+        self.context_width, self.image_size, self.levels = context_width, image_size, len(mults) - 1
+        emb = 4 * base
+        self.time_mlp = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.context_mlp = nn.Sequential(nn.Linear(max(context_width, 1), emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.base, self.stem = base, nn.Conv2d(channels, base, 3, padding=1)
+        widths = [base * m for m in mults]
+        sizes = [image_size // 2**i for i in range(len(mults))]
+        self.down, self.downsample, skips, c = nn.ModuleList(), nn.ModuleList(), [base], base
+        for i, (w, s) in enumerate(zip(widths, sizes)):
+            self.down.append(Level([c] + [w] * (blocks - 1), w, emb, s in attention, dropout))
+            skips += [w] * blocks
+            c = w
+            if i < self.levels:
+                self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+                skips.append(w)
+        self.mid = Level([c, c], c, emb, attention=bool(attention), dropout=dropout)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, (w, s) in reversed(list(enumerate(zip(widths, sizes)))):
+            c_ins = []
+            for _ in range(blocks + 1):
+                c_ins.append(c + skips.pop())
+                c = w
+            self.up.append(Level(c_ins, w, emb, s in attention, dropout))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
+        self.out_norm, self.out = _norm(c), nn.Conv2d(c, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        B, _, H, W = x.shape
+        if H % 2**self.levels or W % 2**self.levels:
+            raise ValueError(f"image size {H}x{W} is not divisible by 2**{self.levels}={2**self.levels}")
+        if context is None or self.context_width == 0:
+            context = x.new_zeros(B, max(self.context_width, 1))
+        t_emb = self.time_mlp(timestep_embedding(t, self.base).to(x.dtype))
+        c_emb = self.context_mlp(context.to(x.dtype))
+        h = self.stem(x)
+        hs = [h]
+        for i, level in enumerate(self.down):
+            for block, attn in zip(level.blocks, level.attn):
+                h = attn(block(h, t_emb, c_emb))
+                hs.append(h)
+            if i < self.levels:
+                h = self.downsample[i](h)
+                hs.append(h)
+        for block, attn in zip(self.mid.blocks, self.mid.attn):
+            h = attn(block(h, t_emb, c_emb))
+        for j, level in enumerate(self.up):
+            for block, attn in zip(level.blocks, level.attn):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), t_emb, c_emb))
+            if j < self.levels:
+                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(F.silu(self.out_norm(h)))

@@ -1,0 +1,114 @@
+"""A loaded model ready to sample: network + schedule + context spec, and ``load(path)``."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .checkpoint import read_model
+from .context import ContextSpec
+from .errors import UsageError, bad_value
+from .models import ModelConfig, build_model
+from .samplers import SAMPLERS
+from .schedule import Schedule
+
+ContextLike = None | str | Sequence[str] | torch.Tensor
+
+
+@dataclass(eq=False)
+class Pipeline:
+    model: torch.nn.Module
+    schedule: Schedule
+    context: ContextSpec
+    config: dict[str, Any] = field(default_factory=dict)
+    prediction: str = "eps"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["model"]["image_size"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "Pipeline":
+        self.model.to(device)
+        return self
+
+    def contexts(self, context: ContextLike) -> torch.Tensor | None:
+        """Context rows ``[K, D]`` from names/mixtures, a tensor, or ``None`` (unconditional, one row)."""
+        if context is None:
+            return None
+        if isinstance(context, str):
+            context = [context]
+        if isinstance(context, torch.Tensor):
+            rows = context.float().reshape(-1, context.shape[-1]) if context.dim() else context
+            if context.dim() not in (1, 2) or rows.shape[-1] != self.context.width:
+                raise bad_value("context", f"tensor of shape {tuple(context.shape)}",
+                                f"[D] or [N, D] with D = {self.context.width} (this model's context width)")
+            return rows
+        return self.context.parse_many(list(context))
+
+    def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
+               sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64,
+               callback: Callable | None = None, **options: Any) -> torch.Tensor:
+        """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
+
+        Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
+        has its own generator, so an image depends on its seed only, never on the batch.
+        """
+        rows = self.contexts(context)
+        seeds = list(range(seed, seed + n)) if seeds is None else list(seeds)
+        if n < 1 or batch_size < 1:
+            raise bad_value("n" if n < 1 else "batch_size", n if n < 1 else batch_size, "a positive integer")
+        fn = get_sampler(sampler, options)
+        K = 1 if rows is None else rows.shape[0]
+        all_seeds = [s for _ in range(K) for s in seeds]
+        all_rows = None if rows is None else rows.repeat_interleave(len(seeds), dim=0)  # [K·n, D]
+        device, (C, H) = self.device, (int(self.config["model"]["channels"]), self.image_size)
+        out = []
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(all_seeds), batch_size):
+                chunk = all_seeds[start:start + batch_size]
+                gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
+                x_T = torch.stack([torch.randn(C, H, H, generator=g) for g in gens]).to(device)  # [b, C, H, W]
+                c = None if all_rows is None else all_rows[start:start + batch_size].to(device)
+                out.append(fn(self.model, self.schedule, x_T, c, steps=steps, generator=gens, callback=callback,
+                              **options).float().cpu())
+        return torch.cat(out)
+
+
+def get_sampler(name: str, options: dict[str, Any]) -> Callable:
+    """The registered sampler, after checking that it takes every option given."""
+    if name not in SAMPLERS:
+        raise bad_value("sampler", name, f"one of {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[name]
+    params = inspect.signature(fn).parameters
+    for key in options:
+        if key not in params:
+            allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("steps", "generator", "callback")]
+            raise UsageError(f"{key}={options[key]!r} is not an option of the {name} sampler; "
+                             f"it takes: {', '.join(allowed)}")
+    return fn
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """Rebuild network, schedule and context spec from an exported model folder."""
+    config, weights = read_model(path)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+        schedule = Schedule.from_dict(config["schedule"])
+        spec = ContextSpec.from_dict(config.get("context", {}))
+    except KeyError as e:
+        raise UsageError(f"model config in {path} lacks the {e} section") from None
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise UsageError(f"model weights in {path} do not fit its config.json: {str(e)[:500]}") from None
+    return Pipeline(model.to(device).eval(), schedule, spec, config, config.get("prediction", "eps"))

@@ -1,0 +1,102 @@
+"""Samplers: plain functions with one signature, no state, no printing.
+
+``sampler(model, schedule, x_T, context=None, *, steps=None, generator=None, callback=None, **options)``
+
+Every sampler walks an explicit, descending time grid from ``schedule.timesteps`` and zips it
+into ``(t, t_prev)`` pairs, with the clean state written as ``t_prev = -1`` (``alpha_bar = 1``),
+so the last step lands exactly on the predicted ``x0``. ``generator`` is ``None``, one
+``torch.Generator`` or a list with one generator per image (then each image's noise depends
+only on its own generator, not on the batch it is in). ``callback(i, t, x_t, x0_hat)`` sees the
+state entering step ``i`` and that step's prediction of the clean image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import bad_value
+from .schedule import Schedule
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
+         steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
+         variance: str = "large", extra_noise: bool = True, spacing: str = "trailing") -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), on any sub-grid of the ``T`` steps.
+
+    ``variance="large"`` uses ``sigma² = beta_t``, ``"small"`` the posterior's ``beta~_t`` (eq. 7).
+    ``extra_noise=False`` drops the added noise: samples then collapse toward the data average.
+    """
+    if variance not in ("large", "small"):
+        raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
+    x = x_T
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=schedule.T)):
+        eps_hat, x0_hat = predict(model, schedule, x, t, context)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+        beta = 1.0 - ab_t / ab_prev  # the beta of the jump t -> t_prev (eq. 2 over skipped steps)
+        # posterior mean mu~_t(x_t, x0_hat), eq. 7
+        x = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
+        if t_prev >= 0 and extra_noise:
+            var = beta if variance == "large" else (1 - ab_prev) / (1 - ab_t) * beta
+            x = x + math.sqrt(var) * noise_like(x, generator)  # + sigma_t z, z ~ N(0, I)
+    return x
+
+
+@torch.no_grad()
+def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
+         steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
+         eta: float = 0.0, spacing: str = "trailing") -> torch.Tensor:
+    """Song et al. 2021, eq. 12: jump to ``t_prev`` through the predicted ``x0``; ``eta`` scales the noise."""
+    if not 0.0 <= eta <= 1.0:
+        raise bad_value("eta", eta, "a number from 0 (deterministic) to 1 (DDPM-like)")
+    x = x_T
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(50, schedule.T))):
+        eps_hat, x0_hat = predict(model, schedule, x, t, context)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))  # eq. 16
+        # "predicted x0" + "direction pointing to x_t" + random noise (eq. 12)
+        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps_hat
+        if sigma > 0:
+            x = x + sigma * noise_like(x, generator)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+
+
+# ---------------------------------------------------------------------- shared helpers
+def time_pairs(schedule: Schedule, steps: int | None, spacing: str, default: int) -> list[tuple[int, int]]:
+    """``[(t, t_prev), …]`` from one explicit grid; the last ``t_prev`` is the clean state ``-1``."""
+    grid = schedule.timesteps(default if steps is None else steps, spacing)
+    return list(zip(grid, grid[1:] + [-1]))
+
+
+def predict(model, schedule: Schedule, x: torch.Tensor, t: int, context: torch.Tensor | None):
+    """``(eps_hat, x0_hat)`` at one step for the whole batch."""
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps_hat = model(x, t_batch, context).to(x.dtype)
+    return eps_hat, schedule.eps_to_x0(x, t_batch, eps_hat)
+
+
+def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Gaussian noise shaped like ``x``; with a list of generators, image ``i`` uses generator ``i``.
+
+    Noise is drawn on the CPU and moved, so a seed gives the same image on every device.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    else:
+        if len(generator) != x.shape[0]:
+            raise bad_value("generator", f"{len(generator)} generators", f"one per image ({x.shape[0]})")
+        z = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    return z.to(device=x.device, dtype=x.dtype)

@@ -1,0 +1,91 @@
+import json
+import os
+
+import pytest
+import torch
+
+from tinydiffusion.checkpoint import atomic_write, export_model, load_state, read_model, save_state
+from tinydiffusion.context import ContextSpec
+from tinydiffusion.errors import UsageError
+from tinydiffusion.models import build_model, preset
+from tinydiffusion.pipeline import Pipeline, load
+from tinydiffusion.schedule import Schedule
+
+
+def _exported(tmp_path):
+    torch.manual_seed(0)
+    config = preset("tiny", image_size=8, context_width=3, T=40)
+    net = build_model(config)
+    torch.nn.init.normal_(net.out.weight, std=0.01)
+    schedule, spec = Schedule.cosine(40), ContextSpec.classes(["a", "b", "c"])
+    export_model(tmp_path / "m", net, {"model": config.to_dict(), "schedule": schedule.to_dict(),
+                                       "context": spec.to_dict(), "prediction": "eps"})
+    return Pipeline(net.eval(), schedule, spec, {"model": config.to_dict()}), tmp_path / "m"
+
+
+def test_export_then_load_gives_identical_samples(tmp_path):
+    original, path = _exported(tmp_path)
+    loaded = load(path)
+    assert loaded.context.names == ("a", "b", "c") and loaded.schedule.to_dict()["kind"] == "cosine"
+    for sampler in ("ddpm", "ddim"):
+        a = original.sample(["a", "b=1,c=0.5"], n=3, seed=5, sampler=sampler, steps=10)
+        b = loaded.sample(["a", "b=1,c=0.5"], n=3, seed=5, sampler=sampler, steps=10)
+        assert torch.equal(a, b)
+
+
+def test_same_seed_same_image_whatever_the_batch_size(tmp_path):
+    pipe, _ = _exported(tmp_path)
+    big = pipe.sample("b", n=5, seed=10, steps=12, batch_size=5)
+    small = pipe.sample("b", n=2, seed=13, steps=12, batch_size=1)
+    assert torch.allclose(big[3:], small, rtol=1e-4, atol=1e-5)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "state.pt"
+    save_state(target, {"step": 1})
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert load_state(target)["step"] == 1
+    assert os.listdir(tmp_path) == ["state.pt"]  # no temp file left behind
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+def test_state_is_read_without_unpickling_code(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(UsageError, match="could not be read safely"):
+        load_state(path)
+
+
+def test_broken_model_folders_are_named(tmp_path):
+    with pytest.raises(UsageError, match="not an exported model folder"):
+        read_model(tmp_path)
+    _, path = _exported(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["model"]["base"] = 24
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="do not fit its config.json"):
+        load(path)
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="safetensors"):
+        load(path)
+    (path / "config.json").write_text("{")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        load(path)
+
+
+def test_pipeline_refuses_wrong_context_width(tmp_path):
+    pipe, _ = _exported(tmp_path)
+    with pytest.raises(UsageError, match="context width"):
+        pipe.sample(torch.zeros(2, 4), steps=2)
+    with pytest.raises(UsageError, match="sampler='plms'"):
+        pipe.sample("a", sampler="plms")
