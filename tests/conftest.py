@@ -69,3 +69,31 @@ def schedule():
 
 
 TINY_TRAIN = ["--model", "tiny", "--image-size", "8", "--T", "50", "--batch-size", "16", "--no-progress"]
+
+
+class MixtureOracle:
+    """Data ~ ½ N(mu1, s²) + ½ N(mu2, s²) per pixel: the exact posterior mean E[x0 | x_t] gives eps_hat."""
+
+    def __init__(self, schedule: Schedule, mu1: float, mu2: float, s: float):
+        self.schedule, self.mus, self.s = schedule, (mu1, mu2), s
+
+    def __call__(self, x_t, t, context=None):
+        ab = self.schedule.alpha_bar[t].to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+        a, var = ab.sqrt(), ab * self.s**2 + 1 - ab  # x_t | k ~ N(a mu_k, var)
+        logits = torch.stack([-(x_t - a * mu) ** 2 / (2 * var) for mu in self.mus])  # [2, ...]
+        w = torch.softmax(logits, dim=0)
+        x0_k = torch.stack([mu + a * self.s**2 * (x_t - a * mu) / var for mu in self.mus])  # E[x0 | x_t, k]
+        x0 = (w * x0_k).sum(0)
+        return (x_t - a * x0) / (1 - ab).sqrt()
+
+    def cdf(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(0.5 * 0.5 * (1 + torch.erf((x - mu) / (self.s * 2**0.5))) for mu in self.mus)
+
+
+def wasserstein_1(samples: torch.Tensor, cdf) -> float:
+    """W1 between the empirical distribution of ``samples`` and a distribution given by its CDF:
+    the integral of |F_n(x) - F(x)| dx, on a fine grid."""
+    x = torch.sort(samples.flatten().double()).values
+    grid = torch.linspace(min(x[0].item(), -3.0), max(x[-1].item(), 3.0), 20001, dtype=torch.float64)
+    F_n = torch.searchsorted(x, grid, right=True).double() / x.numel()
+    return torch.trapezoid((F_n - cdf(grid)).abs(), grid).item()

@@ -73,7 +73,7 @@ def test_sample_folder_of_pngs(trained):
     out = trained / "folder"
     assert main(["sample", str(trained / "run" / "model"), "--context", "hbar", "--n", "2", "--steps", "2",
                  "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000_hbar_seed0.png", "0001_hbar_seed1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000_hbar_seed0.png", "0001_hbar_seed1.png", "metadata.json"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -101,3 +101,30 @@ def test_data_info_prints_counts_per_class(capsys):
     assert main(["data", "info"]) == 0
     out = capsys.readouterr().out
     assert "3090 images" in out and "terrain" in out and "1283" in out
+
+
+def test_cli_sampler_names_are_the_registry():
+    from tinydiffusion.cli import SAMPLER_NAMES
+    from tinydiffusion.samplers import SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler"])
+def test_guided_sampling_with_every_solver_records_its_settings(trained, sampler):
+    import json
+
+    out = trained / f"guided_{sampler}.png"
+    assert main(["sample", str(trained / "run" / "model"), "--sampler", sampler, "--steps", "4", "--n", "2",
+                 "--guidance", "3", "--guidance-rescale", "0.7", "--clip-x0", "--out", str(out)]) == 0
+    meta = json.loads(Image.open(out).text["tinydiffusion"])
+    assert meta["sampler"] == sampler and meta["guidance"] == 3.0 and meta["clip_x0"] is True
+    assert meta["nfe"] == 4 and meta["rows"] == ["square", "hbar", "vbar"]
+
+
+def test_sampling_settings_that_do_not_match_the_model_are_refused(trained, capsys):
+    model = str(trained / "run" / "model")
+    assert main(["sample", model, "--prediction", "v", "--steps", "2"]) == 2
+    assert "trained to predict 'eps', not 'v'" in capsys.readouterr().err
+    assert main(["sample", model, "--schedule", "cosine", "--steps", "2"]) == 2
+    assert "schedule kind='linear', not 'cosine'" in capsys.readouterr().err

@@ -81,3 +81,23 @@ def test_bad_training_settings_are_named(bad):
 def test_bad_image_size_for_the_model_is_named(shapes_npz, tmp_path):
     with pytest.raises(UsageError, match="image_size=12 .* multiple of 8"):
         train(_config(shapes_npz, tmp_path / "x", steps=1, model="base", image_size=12))
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_a_v_or_x0_trained_model_samples_with_every_sampler(shapes_npz, tmp_path, prediction):
+    from tinydiffusion.samplers import SAMPLERS
+
+    train(_config(shapes_npz, tmp_path / prediction, steps=3, prediction=prediction, zero_terminal_snr=True,
+                  snr_gamma=5.0))
+    pipe = load(tmp_path / prediction / "model")
+    assert pipe.prediction == prediction and pipe.schedule.to_dict()["zero_terminal_snr"]
+    for name in SAMPLERS:
+        images = pipe.sample(["square", "vbar"], n=2, sampler=name, steps=4, guidance=2.0)
+        assert images.shape == (4, 3, 8, 8) and torch.isfinite(images).all(), name
+    with pytest.raises(UsageError, match="trained to predict"):
+        load(tmp_path / prediction / "model", prediction="eps")
+
+
+def test_zero_terminal_snr_with_eps_is_refused_at_training_time():
+    with pytest.raises(UsageError, match="prediction='eps'.*zero-terminal-snr"):
+        TrainConfig(zero_terminal_snr=True)

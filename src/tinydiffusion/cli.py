@@ -11,6 +11,7 @@ from dataclasses import fields
 from typing import Any, Sequence
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler")  # the keys of samplers.SAMPLERS (a test keeps them equal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +73,8 @@ def _add_train(commands) -> None:
     g.add_argument("--image-size", type=int, help="training resolution in pixels (default 16)")
     g.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
     g.add_argument("--T", type=int, dest="T", help="diffusion steps (default 500)")
+    g.add_argument("--zero-terminal-snr", action="store_true", default=None,
+                   help="rescale the schedule so the last step is pure noise (needs --prediction v or x0)")
     g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default eps)")
     g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (e.g. 5)")
     g = p.add_argument_group("optimisation")
@@ -118,13 +121,21 @@ def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
     p.add_argument("model", help="an exported model folder (e.g. runs/train/model)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="ddpm (default) or ddim")
-    p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm (default), ddim, dpmpp_2m or euler")
+    p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim and "
+                                             "euler, 20 for dpmpp_2m)")
     p.add_argument("--eta", type=float, help="ddim noise, 0 (deterministic, default) to 1")
     p.add_argument("--variance", choices=["large", "small"], help="ddpm noise level: beta_t (large) or beta~_t")
     p.add_argument("--no-extra-noise", dest="extra_noise", action="store_false", default=None,
                    help="ddpm without the added noise (shows the collapse to the data average)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none; 2–5 typical)")
+    p.add_argument("--guidance-rescale", type=float, help="guidance rescale phi in [0, 1] (default 0)")
+    p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
+    p.add_argument("--prediction", choices=["eps", "x0", "v"],
+                   help="refuse the model unless it was trained for this target")
+    p.add_argument("--schedule", choices=["linear", "cosine"],
+                   help="refuse the model unless it was trained with this schedule")
     p.add_argument("--context", dest="contexts", action="append",
                    help="class name or mixture ('hero', 'hero=1,item=0.6', 'monster+spell', 'none'); "
                         "repeat for more rows (default: every class)")

@@ -6,6 +6,7 @@ the raw uint8 images with their contexts (and class labels), anything else a fol
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ class SampleConfig:
     variance: str | None = None
     extra_noise: bool = True
     spacing: str = "trailing"
+    clip_x0: bool = False
+    guidance: float = 1.0
+    guidance_rescale: float = 0.0
+    prediction: str | None = None  # expectations checked against the model (never overrides)
+    schedule: str | None = None
     contexts: tuple[str, ...] = ()  # empty: one row per class (or one unconditional row)
     n: int = 8  # images per row
     seed: int = 0
@@ -47,7 +53,15 @@ class SampleConfig:
             opts["variance"] = self.variance
         if not self.extra_noise:
             opts["extra_noise"] = False
+        if self.clip_x0:
+            opts["clip_x0"] = True
         return opts
+
+    def metadata(self) -> dict:
+        """What made these images; written into the PNG, the .npz or the folder beside them."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "gif", "batch_size", "device")}
 
 
 @dataclass(frozen=True)
@@ -62,36 +76,40 @@ class SampleResult:
 def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> SampleResult:
     if config.n < 1:
         raise bad_value("n", config.n, "a positive number of images per row")
-    pipe = pipeline or load(config.model, device=resolve_device(config.device))
+    expected_schedule = {"kind": config.schedule} if config.schedule else None
+    pipe = pipeline or load(config.model, device=resolve_device(config.device), prediction=config.prediction,
+                            schedule=expected_schedule)
     rows = list(config.contexts) or (list(pipe.context.names) if pipe.context.kind == "class" else [])
-    calls, recorder = [0], _Frames(pipe.schedule, config) if config.gif else None
+    calls, recorder = [0], _Frames() if config.gif else None
     hook = pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # counts NFE
     t0 = time.perf_counter()
     try:
         images = pipe.sample(rows or None, n=config.n, seed=config.seed, sampler=config.sampler, steps=config.steps,
-                             batch_size=config.batch_size, callback=recorder, **config.options())
+                             batch_size=config.batch_size, guidance=config.guidance,
+                             guidance_rescale=config.guidance_rescale, callback=recorder, **config.options())
     finally:
         hook.remove()
     seconds = time.perf_counter() - t0
-    chunks = -(-images.shape[0] // config.batch_size)
     pictures = to_uint8(images)
-    paths = [_write(pictures, pipe, rows, config)]
+    metadata = {**config.metadata(), "rows": rows, "nfe": calls[0] // -(-images.shape[0] // config.batch_size),
+                "seconds": round(seconds, 3), "model_prediction": pipe.prediction, "schedule_used": pipe.schedule.to_dict()}
+    paths = [_write(pictures, pipe, rows, config, metadata)]
     if recorder is not None:
         paths.append(save_gif(recorder.frames() + [pictures], config.gif, ncol=config.n))
-    return SampleResult(paths, seconds, calls[0] // chunks, len(pictures), rows)
+    return SampleResult(paths, seconds, metadata["nfe"], len(pictures), rows)
 
 
-def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], config: SampleConfig) -> Path:
-    out = Path(config.out)
+def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], config: SampleConfig, metadata: dict) -> Path:
+    out, text = Path(config.out), json.dumps(metadata)
     if out.suffix == ".png":
-        return save_grid(pictures, out, ncol=config.n)
+        return save_grid(pictures, out, ncol=config.n, text={"tinydiffusion": text})
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         contexts = pipe.contexts(rows or None)
         width = pipe.context.width
         ctx = np.zeros((len(pictures), width), np.float32) if contexts is None else \
             contexts.repeat_interleave(config.n, dim=0).numpy().astype(np.float32)
-        arrays = {"images": pictures, "contexts": ctx}
+        arrays = {"images": pictures, "contexts": ctx, "metadata": np.array(text)}
         labels = [pipe.context.label_of(r) for r in rows]
         if rows and all(label is not None for label in labels):
             arrays["labels"] = np.repeat(np.array(labels, dtype=np.int64), config.n)
@@ -100,6 +118,7 @@ def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], config: Sample
     if out.suffix:
         raise bad_value("out", str(out), "a .png grid, an .npz array file, or a folder (no suffix)")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metadata.json").write_text(text + "\n")
     names = rows or ["uncond"]
     for k, picture in enumerate(pictures):
         row, col = divmod(k, config.n)
@@ -111,17 +130,15 @@ def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], config: Sample
 
 
 class _Frames:
-    """A sampler callback that keeps about ``MAX_GIF_FRAMES`` snapshots of ``x_t`` for the animation."""
+    """A sampler callback that keeps snapshots of ``x_t``; ``frames()`` thins them to ``MAX_GIF_FRAMES``."""
 
-    def __init__(self, schedule, config: SampleConfig):
-        steps = config.steps or (schedule.T if config.sampler == "ddpm" else min(50, schedule.T))
-        stride = max(1, -(-steps // MAX_GIF_FRAMES))
-        self.keep = set(range(0, steps, stride))
+    def __init__(self):
         self.parts: dict[int, list[np.ndarray]] = {}
 
     def __call__(self, i: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
-        if i in self.keep:
-            self.parts.setdefault(i, []).append(to_uint8(x_t))
+        self.parts.setdefault(i, []).append(to_uint8(x_t))  # uint8: 500 steps of 64 sprites is ~25 MB
 
     def frames(self) -> list[np.ndarray]:
-        return [np.concatenate(self.parts[i]) for i in sorted(self.parts)]
+        steps = sorted(self.parts)
+        stride = max(1, -(-len(steps) // MAX_GIF_FRAMES))
+        return [np.concatenate(self.parts[i]) for i in steps[::stride]]

@@ -36,10 +36,16 @@ def display_scale(size: int) -> int:
     return max(1, 64 // size)
 
 
-def save_grid(images: np.ndarray, path: str | Path, ncol: int) -> Path:
+def save_grid(images: np.ndarray, path: str | Path, ncol: int, text: dict[str, str] | None = None) -> Path:
+    """A PNG grid; ``text`` goes into the PNG's text chunks (how the images were made)."""
+    from PIL.PngImagePlugin import PngInfo
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, ncol, scale=display_scale(images.shape[1])).save(path)
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    grid(images, ncol, scale=display_scale(images.shape[1])).save(path, pnginfo=info)
     return path
 
 

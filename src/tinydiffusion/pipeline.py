@@ -12,6 +12,7 @@ import torch
 from .checkpoint import read_model
 from .context import ContextSpec
 from .errors import UsageError, bad_value
+from .guidance import cfg
 from .models import ModelConfig, build_model
 from .samplers import SAMPLERS
 from .schedule import Schedule
@@ -54,18 +55,21 @@ class Pipeline:
         return self.context.parse_many(list(context))
 
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
-               sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64,
-               callback: Callable | None = None, **options: Any) -> torch.Tensor:
+               sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
+               guidance_rescale: float = 0.0, callback: Callable | None = None, **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
+        ``guidance`` is the classifier-free guidance scale (1 = none).
         """
         rows = self.contexts(context)
         seeds = list(range(seed, seed + n)) if seeds is None else list(seeds)
         if n < 1 or batch_size < 1:
             raise bad_value("n" if n < 1 else "batch_size", n if n < 1 else batch_size, "a positive integer")
         fn = get_sampler(sampler, options)
+        self.model.prediction = self.prediction  # samplers read what the network's output means
+        model = self.model if guidance == 1.0 and guidance_rescale == 0.0 else cfg(self.model, guidance, guidance_rescale)
         K = 1 if rows is None else rows.shape[0]
         all_seeds = [s for _ in range(K) for s in seeds]
         all_rows = None if rows is None else rows.repeat_interleave(len(seeds), dim=0)  # [K·n, D]
@@ -78,7 +82,7 @@ class Pipeline:
                 gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
                 x_T = torch.stack([torch.randn(C, H, H, generator=g) for g in gens]).to(device)  # [b, C, H, W]
                 c = None if all_rows is None else all_rows[start:start + batch_size].to(device)
-                out.append(fn(self.model, self.schedule, x_T, c, steps=steps, generator=gens, callback=callback,
+                out.append(fn(model, self.schedule, x_T, c, steps=steps, generator=gens, callback=callback,
                               **options).float().cpu())
         return torch.cat(out)
 
@@ -97,9 +101,15 @@ def get_sampler(name: str, options: dict[str, Any]) -> Callable:
     return fn
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
-    """Rebuild network, schedule and context spec from an exported model folder."""
+def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: str | None = None,
+         schedule: dict[str, Any] | None = None) -> Pipeline:
+    """Rebuild network, schedule and context spec from an exported model folder.
+
+    ``prediction`` and ``schedule`` (e.g. ``{"kind": "cosine"}``) are expectations: a model trained
+    otherwise is refused with an explanation rather than sampled into wrong images.
+    """
     config, weights = read_model(path)
+    _check_expected(path, config, prediction, schedule)
     try:
         model_config = ModelConfig.from_dict(config["model"])
         schedule = Schedule.from_dict(config["schedule"])
@@ -112,3 +122,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     except RuntimeError as e:
         raise UsageError(f"model weights in {path} do not fit its config.json: {str(e)[:500]}") from None
     return Pipeline(model.to(device).eval(), schedule, spec, config, config.get("prediction", "eps"))
+
+
+def _check_expected(path, config: dict[str, Any], prediction: str | None, schedule: dict[str, Any] | None) -> None:
+    trained = config.get("prediction", "eps")
+    if prediction is not None and prediction != trained:
+        raise UsageError(f"model {path} was trained to predict {trained!r}, not {prediction!r}; sampling it as "
+                         f"{prediction!r} would give wrong images (omit the setting to use the model's own)")
+    for key, value in (schedule or {}).items():
+        if config.get("schedule", {}).get(key) != value:
+            raise UsageError(f"model {path} was trained with schedule {key}={config.get('schedule', {}).get(key)!r}, "
+                             f"not {value!r}; a sampler must use the schedule the model was trained with")

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import bad_value
+from .errors import UsageError, bad_value
 from .schedule import Schedule
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -27,7 +27,8 @@ Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 @torch.no_grad()
 def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
          steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
-         variance: str = "large", extra_noise: bool = True, spacing: str = "trailing") -> torch.Tensor:
+         variance: str = "large", extra_noise: bool = True, spacing: str = "trailing",
+         clip_x0: bool = False) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), on any sub-grid of the ``T`` steps.
 
     ``variance="large"`` uses ``sigma² = beta_t``, ``"small"`` the posterior's ``beta~_t`` (eq. 7).
@@ -37,7 +38,7 @@ def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
         raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
     x = x_T
     for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=schedule.T)):
-        eps_hat, x0_hat = predict(model, schedule, x, t, context)
+        eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
         ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
@@ -53,13 +54,13 @@ def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
 @torch.no_grad()
 def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
          steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
-         eta: float = 0.0, spacing: str = "trailing") -> torch.Tensor:
+         eta: float = 0.0, spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
     """Song et al. 2021, eq. 12: jump to ``t_prev`` through the predicted ``x0``; ``eta`` scales the noise."""
     if not 0.0 <= eta <= 1.0:
         raise bad_value("eta", eta, "a number from 0 (deterministic) to 1 (DDPM-like)")
     x = x_T
     for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(50, schedule.T))):
-        eps_hat, x0_hat = predict(model, schedule, x, t, context)
+        eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
         ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
@@ -71,7 +72,61 @@ def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim}
+@torch.no_grad()
+def dpmpp_2m(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
+             steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
+             spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data prediction, second-order multistep in
+    ``lambda = log(alpha/sigma)``; first order on the first step and on the final step to the clean state."""
+    x, x0_last, h_last = x_T, None, None
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(20, schedule.T))):
+        _, x0_hat = predict(model, schedule, x, t, context, clip_x0)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+        alpha_prev, sigma_t, sigma_prev = math.sqrt(ab_prev), math.sqrt(1 - ab_t), math.sqrt(1 - ab_prev)
+        h = _lam(ab_prev) - _lam(ab_t)  # step size in half-log-SNR
+        exp_neg_h = sigma_prev * math.sqrt(ab_t) / (alpha_prev * sigma_t)  # e^{-h}, finite when alpha_bar_t = 0
+        if x0_last is None or t_prev < 0:
+            D = x0_hat  # DPM-Solver++(1) = DDIM; on the last step it lands exactly on x0_hat
+        else:
+            r = h_last / h  # ratio of the previous step to this one
+            D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_last  # linear extrapolation of x0 (Alg. 2)
+        x = (sigma_prev / sigma_t) * x + alpha_prev * (1 - exp_neg_h) * D
+        x0_last, h_last = x0_hat, h
+    return x
+
+
+@torch.no_grad()
+def euler(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
+          steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
+          spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
+    """Euler steps on the probability-flow ODE ``dx/dsigma = (x - x0_hat)/sigma`` in the variance-exploding
+    variables ``x/alpha``, ``sigma/alpha`` (Karras et al. 2022, eq. 3 and Alg. 1 as first order).
+
+    It is DDIM(eta=0) written as an ODE solver: the two agree to rounding, which the tests check.
+    """
+    x = x_T
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(50, schedule.T))):
+        eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+        s_prev = math.sqrt((1 - ab_prev) / ab_prev)  # the VE noise level sigma/alpha at t_prev
+        if t_prev < 0:  # sigma_prev = 0: the step ends on x0_hat (written out, so it is exact in floating point)
+            x = x0_hat
+            continue
+        if ab_t == 0.0:  # infinite sigma (zero terminal SNR): the step's limit is x0_hat + s_prev · eps_hat
+            x_ve = x0_hat + s_prev * eps_hat
+        else:
+            s_t = math.sqrt((1 - ab_t) / ab_t)
+            d = (x / math.sqrt(ab_t) - x0_hat) / s_t  # dx/dsigma of the ODE
+            x_ve = x / math.sqrt(ab_t) + (s_prev - s_t) * d
+        x = math.sqrt(ab_prev) * x_ve
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler}
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -81,11 +136,40 @@ def time_pairs(schedule: Schedule, steps: int | None, spacing: str, default: int
     return list(zip(grid, grid[1:] + [-1]))
 
 
-def predict(model, schedule: Schedule, x: torch.Tensor, t: int, context: torch.Tensor | None):
-    """``(eps_hat, x0_hat)`` at one step for the whole batch."""
+def predict(model, schedule: Schedule, x: torch.Tensor, t: int, context: torch.Tensor | None,
+            clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eps_hat, x0_hat)`` at one step for the whole batch, whatever the network predicts.
+
+    A network's output is ``eps`` unless it carries ``prediction = "x0"`` or ``"v"``; the schedule
+    converts. With ``clip_x0`` the prediction is clipped to ``[-1, 1]`` and ``eps_hat`` made to agree.
+    """
     t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    eps_hat = model(x, t_batch, context).to(x.dtype)
-    return eps_hat, schedule.eps_to_x0(x, t_batch, eps_hat)
+    out = model(x, t_batch, context).to(x.dtype)
+    kind = getattr(model, "prediction", "eps")
+    if kind == "eps":
+        if schedule.ab(t) == 0.0:
+            raise UsageError("this schedule has zero terminal SNR (alpha_bar = 0 at the last step), where a network "
+                             "that predicts eps says nothing about x0; train it with --prediction v or x0")
+        eps_hat, x0_hat = out, schedule.eps_to_x0(x, t_batch, out)
+    elif kind == "x0":
+        eps_hat, x0_hat = schedule.x0_to_eps(x, t_batch, out), out
+    elif kind == "v":
+        eps_hat, x0_hat = schedule.v_to_eps(x, t_batch, out), schedule.v_to_x0(x, t_batch, out)
+    else:
+        raise bad_value("prediction", kind, "one of eps, x0, v")
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1, 1)
+        eps_hat = schedule.x0_to_eps(x, t_batch, x0_hat)
+    return eps_hat, x0_hat
+
+
+def _lam(ab: float) -> float:
+    """Half log-SNR ``lambda = log(alpha / sigma)``, infinite at the ends."""
+    if ab <= 0.0:
+        return -math.inf
+    if ab >= 1.0:
+        return math.inf
+    return 0.5 * math.log(ab / (1 - ab))
 
 
 def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:

@@ -43,6 +43,7 @@ class TrainConfig:
     image_size: int = 16
     schedule: str = "linear"
     T: int = 500
+    zero_terminal_snr: bool = False
     prediction: str = "eps"
     snr_gamma: float | None = None
     batch_size: int = 64
@@ -82,6 +83,9 @@ class TrainConfig:
             raise bad_value("context", self.context, "'class' or 'none'")
         if self.schedule not in ("linear", "cosine"):
             raise bad_value("schedule", self.schedule, "'linear' or 'cosine'")
+        if self.zero_terminal_snr and self.prediction == "eps":
+            raise bad_value("prediction", "eps", "v or x0 with --zero-terminal-snr (at zero SNR an eps "
+                            "prediction says nothing about the image)")
         if self.lr <= 0:
             raise bad_value("lr", self.lr, "a positive learning rate")
 
@@ -115,6 +119,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     images = as_tensor(dataset.images)  # uint8 [N, 3, H, W], the whole set in RAM
     contexts = spec.one_hot(torch.from_numpy(dataset.labels)) if spec.kind == "class" else None
     schedule = Schedule.linear(config.T) if config.schedule == "linear" else Schedule.cosine(config.T)
+    schedule = schedule.rescale_zero_terminal_snr() if config.zero_terminal_snr else schedule
     model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T)
     model = build_model(model_config).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
