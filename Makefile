@@ -9,13 +9,20 @@ MINUTES ?= 3
 .PHONY: demo test install clean
 
 demo: $(STAMP)
+	@echo "== 1. The shipped sprite model: DDIM (25 steps) and DDPM (500 steps) from the same seeds, and a GIF"
+	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --out $(RUN)/shipped_ddim25.png
+	$(BIN)/tinydiffusion sample sprites --sampler ddpm --guidance 3 --n 2 --out $(RUN)/shipped_ddpm500.png \
+		--gif $(RUN)/shipped_ddpm500.gif
+	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --n 2 --out $(RUN)/shipped_ddim25_2.png
+	@echo "== 2. A short training run on the embedded sprites ($(MINUTES) minutes on this machine)"
 	$(BIN)/tinydiffusion data info
-	$(BIN)/tinydiffusion train --out $(RUN) --minutes $(MINUTES)
-	$(BIN)/tinydiffusion sample $(RUN)/model --sampler ddpm --out $(RUN)/ddpm.png --gif $(RUN)/ddpm.gif
-	$(BIN)/tinydiffusion sample $(RUN)/model --sampler ddim --steps 50 --out $(RUN)/ddim50.png
-	$(BIN)/tinydiffusion sample $(RUN)/model --sampler ddim --steps 25 --out $(RUN)/ddim25.png
-	@echo "Everything of the demo is in $(RUN)/: model/ (exported), samples/ (grids during training),"
-	@echo "metrics.csv, ddpm.png + ddpm.gif (500 steps), ddim50.png and ddim25.png (one row per class)."
+	$(BIN)/tinydiffusion train --out $(RUN)/train --minutes $(MINUTES)
+	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddpm --out $(RUN)/train_ddpm500.png \
+		--gif $(RUN)/train_ddpm500.gif
+	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 50 --out $(RUN)/train_ddim50.png
+	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 25 --out $(RUN)/train_ddim25.png
+	@echo "Everything is in $(RUN)/: shipped_*.png/gif (the shipped model), train/ (the run: model/, samples/,"
+	@echo "metrics.csv), train_*.png/gif (its samples). Each grid has one row per class."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -27,7 +34,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,text,bench]'
 	touch $(STAMP)
 
 clean:

@@ -97,3 +97,15 @@ def wasserstein_1(samples: torch.Tensor, cdf) -> float:
     grid = torch.linspace(min(x[0].item(), -3.0), max(x[-1].item(), 3.0), 20001, dtype=torch.float64)
     F_n = torch.searchsorted(x, grid, right=True).double() / x.numel()
     return torch.trapezoid((F_n - cdf(grid)).abs(), grid).item()
+
+
+@pytest.fixture
+def captioned_npz(tmp_path):
+    """Shapes with captions such as 'red square' / 'blue horizontal bar'."""
+    images, labels, names = shapes()
+    words = {"square": "square", "hbar": "horizontal bar", "vbar": "vertical bar"}
+    colours = ["red", "green", "blue", "yellow"]
+    captions = [f"{colours[i % 4]} {words[names[label]]}" for i, label in enumerate(labels)]
+    path = tmp_path / "captioned.npz"
+    np.savez_compressed(path, images=images, labels=labels, class_names=np.array(names), captions=np.array(captions))
+    return path

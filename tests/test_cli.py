@@ -124,7 +124,7 @@ def test_guided_sampling_with_every_solver_records_its_settings(trained, sampler
 
 def test_sampling_settings_that_do_not_match_the_model_are_refused(trained, capsys):
     model = str(trained / "run" / "model")
-    assert main(["sample", model, "--prediction", "v", "--steps", "2"]) == 2
-    assert "trained to predict 'eps', not 'v'" in capsys.readouterr().err
-    assert main(["sample", model, "--schedule", "cosine", "--steps", "2"]) == 2
+    assert main(["sample", model, "--prediction", "eps", "--steps", "2", "--out", "never.png"]) == 2
+    assert "trained to predict 'v', not 'eps'" in capsys.readouterr().err
+    assert main(["sample", model, "--schedule", "cosine", "--steps", "2", "--out", "never.png"]) == 2
     assert "schedule kind='linear', not 'cosine'" in capsys.readouterr().err

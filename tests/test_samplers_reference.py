@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import GaussianOracle, MixtureOracle, PointMassOracle, seeded_generators, wasserstein_1
+from conftest import MixtureOracle, PointMassOracle, seeded_generators, wasserstein_1
 from reference import ddim_eq_12, ddpm_algorithm_2
 from tinydiffusion.errors import UsageError
 from tinydiffusion.guidance import cfg

@@ -100,4 +100,4 @@ def test_a_v_or_x0_trained_model_samples_with_every_sampler(shapes_npz, tmp_path
 
 def test_zero_terminal_snr_with_eps_is_refused_at_training_time():
     with pytest.raises(UsageError, match="prediction='eps'.*zero-terminal-snr"):
-        TrainConfig(zero_terminal_snr=True)
+        TrainConfig(prediction="eps", zero_terminal_snr=True)

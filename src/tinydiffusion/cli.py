@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_sample(commands)
     _add_data(commands)
+    from .cli_quality import add_commands
+
+    add_commands(commands, _given)
+    from .cli_bench import add_command
+
+    add_command(commands, _given)
     return parser
 
 
@@ -64,7 +70,12 @@ def _add_train(commands) -> None:
     g.add_argument("--labels", help="the course's one-hot labels .npy (N×K) for an images .npy")
     g.add_argument("--class-names", type=_names, help="comma-separated class names for --labels columns")
     g.add_argument("--skip-bad-files", action="store_true", default=None, help="skip and count unreadable images")
-    g.add_argument("--context", choices=["class", "none"], help="condition on class labels (default) or nothing")
+    g.add_argument("--context", choices=["class", "text", "vector", "none"],
+                   help="condition on class labels (default), caption embeddings (text), vectors from "
+                        "--context-file, or nothing")
+    g.add_argument("--encoder", help="text encoder for --context text: minilm (default; needs the 'text' extra) "
+                                     "or hash (a fast word-hashing stand-in)")
+    g.add_argument("--context-file", help="for --context vector: an .npy array [N, D], one row per image")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
     g.add_argument("--no-balance", dest="balance", action="store_false", default=None,
                    help="draw images uniformly instead of equally per class")
@@ -73,12 +84,13 @@ def _add_train(commands) -> None:
     g.add_argument("--image-size", type=int, help="training resolution in pixels (default 16)")
     g.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
     g.add_argument("--T", type=int, dest="T", help="diffusion steps (default 500)")
-    g.add_argument("--zero-terminal-snr", action="store_true", default=None,
-                   help="rescale the schedule so the last step is pure noise (needs --prediction v or x0)")
-    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default eps)")
+    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default v)")
+    g.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=None,
+                   help="rescale the schedule so its last step is pure noise (default: on for v and x0, "
+                        "off for eps, which cannot use it)")
     g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (e.g. 5)")
     g = p.add_argument_group("optimisation")
-    for flag, kind, text in [("--batch-size", int, "images per step (default 64)"),
+    for flag, kind, text in [("--batch-size", int, "images per step (default 32)"),
                              ("--lr", float, "peak AdamW learning rate (default 2e-3)"),
                              ("--warmup", int, "warm-up steps (default 100)"),
                              ("--weight-decay", float, "AdamW weight decay (default 0)"),
@@ -96,6 +108,7 @@ def _add_train(commands) -> None:
     g.add_argument("--log-every", type=int, help="metrics.csv row every N steps (default 25)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network (default fp32)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(handler=_train)
 
@@ -139,12 +152,18 @@ def _add_sample(commands) -> None:
     p.add_argument("--context", dest="contexts", action="append",
                    help="class name or mixture ('hero', 'hero=1,item=0.6', 'monster+spell', 'none'); "
                         "repeat for more rows (default: every class)")
+    p.add_argument("--prompt", dest="contexts", action="append",
+                   help="a text prompt for a text-conditioned model (same as --context); repeat for more rows")
+    p.add_argument("--prompt-to", help="interpolate from the one --prompt to this prompt, at the --mix weights")
+    p.add_argument("--mix", type=_floats, help="comma-separated weights for --prompt-to, e.g. 0,0.25,0.5,0.75,1")
+    p.add_argument("--context-file", help="an .npy of context vectors [K, D] for a vector-conditioned model")
     p.add_argument("--n", type=int, help="images per row (default 8)")
     p.add_argument("--seed", type=int, help="seed of the first column (default 0)")
     p.add_argument("--out", help="a .png grid (default samples.png), an .npz of raw images, or a folder")
     p.add_argument("--gif", help="also write the denoising animation to this .gif")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network (default fp32)")
     p.set_defaults(handler=_sample)
 
 
@@ -152,8 +171,9 @@ def _sample(args) -> int:
     from .generate import SampleConfig, sample_to_files
 
     values = _given(args, SampleConfig)
-    if "contexts" in values:
-        values["contexts"] = tuple(values["contexts"])
+    for key in ("contexts", "mix"):
+        if key in values:
+            values[key] = tuple(values[key])
     result = sample_to_files(SampleConfig(**values))
     per_image = result.seconds / result.count
     print(f"{result.count} images with {values.get('sampler', 'ddpm')}, {result.nfe} network evaluations each: "
@@ -197,6 +217,13 @@ def _given(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
     """The options the user set (argparse defaults are None), keyed by the config's field names."""
     names = {f.name for f in fields(config_type)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1, got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Context vectors that steer generation: categories (one-hot or mixtures) or nothing.
+"""Context vectors that steer generation: categories (one-hot or mixtures), text, vectors, or nothing.
 
 A context is a float vector of width ``D``. The all-zero vector is the null context: it means
 "unconditional" and is what training substitutes when it drops the context for guidance.
@@ -15,7 +15,7 @@ import torch
 
 from .errors import UsageError, bad_value
 
-KINDS = ("none", "class", "vector")
+KINDS = ("none", "class", "text", "vector")
 _TERM = re.compile(r"^\s*([^=]+?)\s*(?:=\s*(\S+)\s*)?$")
 
 
@@ -23,10 +23,10 @@ _TERM = re.compile(r"^\s*([^=]+?)\s*(?:=\s*(\S+)\s*)?$")
 class ContextSpec:
     """What a model's context vector means; stored in the model's ``config.json``."""
 
-    kind: str = "none"  # "none" (unconditional), "class" (one weight per name) or "vector"
+    kind: str = "none"  # "none" (unconditional), "class" (one weight per name), "text" or "vector"
     width: int = 0
     names: tuple[str, ...] = ()
-    encoder: str | None = None  # what produced "vector" contexts, e.g. a text encoder's name
+    encoder: str | None = None  # the text encoder of "text" contexts (e.g. all-MiniLM-L6-v2)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -35,6 +35,13 @@ class ContextSpec:
             raise UsageError(f"class context width {self.width} does not match its {len(self.names)} names")
         if self.kind == "none" and self.width != 0:
             raise bad_value("context width", self.width, "0 for an unconditional model")
+
+    @staticmethod
+    def text(encoder: str) -> "ContextSpec":
+        from .text import resolve_encoder
+
+        name, width = resolve_encoder(encoder)
+        return ContextSpec("text", width, (), name)
 
     @staticmethod
     def classes(names: Sequence[str]) -> "ContextSpec":
@@ -59,9 +66,11 @@ class ContextSpec:
         """
         if text.strip().lower() in ("", "none", "null", "uncond", "unconditional"):
             return torch.zeros(self.width)
+        if self.kind == "text":
+            return self.encode([text])[0]
         if self.kind != "class":
             raise bad_value("context", text, "no context for an unconditional model (omit --context)"
-                            if self.kind == "none" else "a vector context, not a class name")
+                            if self.kind == "none" else "context vectors (a tensor or --context-file), not names")
         vector = torch.zeros(self.width)
         for term in re.split(r"[,+]", text):
             match = _TERM.match(term)
@@ -81,7 +90,30 @@ class ContextSpec:
 
     def parse_many(self, texts: Sequence[str]) -> torch.Tensor:
         """Stack ``parse`` over several texts: ``[N, D]``."""
+        if self.kind == "text" and texts:  # one batched call to the encoder
+            rows = self.encode([t for t in texts])
+            null = [t.strip().lower() in ("", "none", "null", "uncond", "unconditional") for t in texts]
+            return torch.where(torch.tensor(null)[:, None], torch.zeros_like(rows), rows)
         return torch.stack([self.parse(t) for t in texts]) if texts else torch.zeros(0, self.width)
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts to ``[N, D]`` unit vectors with this spec's text encoder (loaded lazily)."""
+        from .text import get_encoder
+
+        if self.kind != "text" or not self.encoder:
+            raise bad_value("prompt", list(prompts)[:1], f"a class name or mixture: this model's context is {self.kind!r}")
+        return get_encoder(self.encoder).encode(list(prompts)).float()
+
+    def mix(self, a: str, b: str, weights: Sequence[float]) -> torch.Tensor:
+        """Rows interpolating prompt/context ``a`` to ``b``: ``(1-w)·c(a) + w·c(b)``, renormalised for text."""
+        for w in weights:
+            if not 0.0 <= w <= 1.0:
+                raise bad_value("mix", w, "weights from 0 (the first prompt) to 1 (the second)")
+        ca, cb = self.parse_many([a, b])
+        rows = torch.stack([(1 - w) * ca + w * cb for w in weights])
+        if self.kind == "text":  # the network saw unit vectors
+            rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return rows
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         """``[N]`` integer labels to ``[N, D]`` one-hot contexts."""

@@ -186,6 +186,6 @@ def make_batch(images, idx, *, flip: bool = False, generator=None):
 
     x = images[idx].float().div_(127.5).sub_(1.0)
     if flip:
-        mirror = torch.rand(x.shape[0], generator=generator) < 0.5  # [B]
+        mirror = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)  # [B]
         x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
     return x

@@ -36,13 +36,17 @@ class SampleConfig:
     guidance_rescale: float = 0.0
     prediction: str | None = None  # expectations checked against the model (never overrides)
     schedule: str | None = None
-    contexts: tuple[str, ...] = ()  # empty: one row per class (or one unconditional row)
+    contexts: tuple[str, ...] = ()  # class names, mixtures or prompts; empty: every class (or the examples)
+    prompt_to: str | None = None  # interpolate from the one context/prompt to this one …
+    mix: tuple[float, ...] = ()  # … at these weights (one row each)
+    context_file: str | None = None  # an .npy of context vectors [K, D], one row each
     n: int = 8  # images per row
     seed: int = 0
     out: str = "samples.png"
     gif: str | None = None
     batch_size: int = 64
     device: str = "auto"
+    precision: str = "fp32"
 
     def options(self) -> dict:
         """Sampler options the user set; a sampler that does not take one refuses it by name."""
@@ -79,33 +83,54 @@ def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> S
     expected_schedule = {"kind": config.schedule} if config.schedule else None
     pipe = pipeline or load(config.model, device=resolve_device(config.device), prediction=config.prediction,
                             schedule=expected_schedule)
-    rows = list(config.contexts) or (list(pipe.context.names) if pipe.context.kind == "class" else [])
+    rows, context = _rows(pipe, config)
     calls, recorder = [0], _Frames() if config.gif else None
     hook = pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # counts NFE
     t0 = time.perf_counter()
     try:
-        images = pipe.sample(rows or None, n=config.n, seed=config.seed, sampler=config.sampler, steps=config.steps,
+        images = pipe.sample(context, n=config.n, seed=config.seed, sampler=config.sampler, steps=config.steps,
                              batch_size=config.batch_size, guidance=config.guidance,
-                             guidance_rescale=config.guidance_rescale, callback=recorder, **config.options())
+                             guidance_rescale=config.guidance_rescale, precision=config.precision, callback=recorder,
+                             **config.options())
     finally:
         hook.remove()
     seconds = time.perf_counter() - t0
     pictures = to_uint8(images)
     metadata = {**config.metadata(), "rows": rows, "nfe": calls[0] // -(-images.shape[0] // config.batch_size),
                 "seconds": round(seconds, 3), "model_prediction": pipe.prediction, "schedule_used": pipe.schedule.to_dict()}
-    paths = [_write(pictures, pipe, rows, config, metadata)]
+    paths = [_write(pictures, pipe, rows, context, config, metadata)]
     if recorder is not None:
         paths.append(save_gif(recorder.frames() + [pictures], config.gif, ncol=config.n))
     return SampleResult(paths, seconds, metadata["nfe"], len(pictures), rows)
 
 
-def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], config: SampleConfig, metadata: dict) -> Path:
+def _rows(pipe: Pipeline, config: SampleConfig) -> tuple[list[str], torch.Tensor | None]:
+    """Row names and context rows ``[K, D]`` (None: one unconditional row)."""
+    if config.context_file:
+        try:
+            vectors = torch.from_numpy(np.load(config.context_file, allow_pickle=False)).float()
+        except (OSError, ValueError) as e:
+            raise bad_value("context_file", config.context_file, f"an .npy array of context vectors ({e})") from None
+        vectors = pipe.contexts(vectors)
+        return [f"row {i}" for i in range(vectors.shape[0])], vectors
+    if config.mix and config.prompt_to is None:
+        raise bad_value("mix", list(config.mix), "weights only together with --prompt-to")
+    if config.prompt_to is not None:
+        if len(config.contexts) != 1:
+            raise bad_value("prompt_to", config.prompt_to, "exactly one --prompt (or --context) to start from")
+        start, weights = config.contexts[0], config.mix or (0.0, 0.25, 0.5, 0.75, 1.0)
+        return [f"{start} → {config.prompt_to} @ {w:g}" for w in weights], pipe.context.mix(start, config.prompt_to, weights)
+    rows = list(config.contexts) or pipe.default_rows()
+    return rows, pipe.contexts(rows) if rows else None
+
+
+def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], contexts: torch.Tensor | None,
+           config: SampleConfig, metadata: dict) -> Path:
     out, text = Path(config.out), json.dumps(metadata)
     if out.suffix == ".png":
         return save_grid(pictures, out, ncol=config.n, text={"tinydiffusion": text})
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
-        contexts = pipe.contexts(rows or None)
         width = pipe.context.width
         ctx = np.zeros((len(pictures), width), np.float32) if contexts is None else \
             contexts.repeat_interleave(config.n, dim=0).numpy().astype(np.float32)

@@ -12,6 +12,7 @@ import torch
 from .checkpoint import read_model
 from .context import ContextSpec
 from .errors import UsageError, bad_value
+from .dist import autocast
 from .guidance import cfg
 from .models import ModelConfig, build_model
 from .samplers import SAMPLERS
@@ -40,6 +41,14 @@ class Pipeline:
         self.model.to(device)
         return self
 
+    def default_rows(self) -> list[str]:
+        """What a grid shows when no context is given: every class, or the model's example captions."""
+        if self.context.kind == "class":
+            return list(self.context.names)
+        if self.context.kind == "text":
+            return [caption for _, caption in self.config.get("examples", [])]
+        return []
+
     def contexts(self, context: ContextLike) -> torch.Tensor | None:
         """Context rows ``[K, D]`` from names/mixtures, a tensor, or ``None`` (unconditional, one row)."""
         if context is None:
@@ -56,12 +65,13 @@ class Pipeline:
 
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
                sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
-               guidance_rescale: float = 0.0, callback: Callable | None = None, **options: Any) -> torch.Tensor:
+               guidance_rescale: float = 0.0, precision: str = "fp32", callback: Callable | None = None,
+               **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
-        ``guidance`` is the classifier-free guidance scale (1 = none).
+        ``guidance`` is the classifier-free guidance scale (1 = none); ``precision="bf16"`` autocasts the network.
         """
         rows = self.contexts(context)
         seeds = list(range(seed, seed + n)) if seeds is None else list(seeds)
@@ -76,7 +86,9 @@ class Pipeline:
         device, (C, H) = self.device, (int(self.config["model"]["channels"]), self.image_size)
         out = []
         self.model.eval()
-        with torch.inference_mode():
+        if precision not in ("fp32", "bf16"):
+            raise bad_value("precision", precision, "'fp32' or 'bf16'")
+        with torch.inference_mode(), autocast(device, precision):
             for start in range(0, len(all_seeds), batch_size):
                 chunk = all_seeds[start:start + batch_size]
                 gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
@@ -101,14 +113,28 @@ def get_sampler(name: str, options: dict[str, Any]) -> Callable:
     return fn
 
 
+SHIPPED = ("sprites", "emoji")
+
+
+def resolve_model(path: str | Path) -> Path:
+    """A shipped model's name (``sprites``, ``emoji``) to its folder inside the package; paths pass through."""
+    if str(path) in SHIPPED and not Path(str(path)).exists():
+        from importlib import resources
+
+        return Path(str(resources.files("tinydiffusion") / "assets" / "models" / str(path)))
+    return Path(path)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: str | None = None,
          schedule: dict[str, Any] | None = None) -> Pipeline:
-    """Rebuild network, schedule and context spec from an exported model folder.
+    """Rebuild network, schedule and context spec from an exported model folder or a shipped name.
 
     ``prediction`` and ``schedule`` (e.g. ``{"kind": "cosine"}``) are expectations: a model trained
     otherwise is refused with an explanation rather than sampled into wrong images.
     """
+    path = resolve_model(path)
     config, weights = read_model(path)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # shipped as fp16
     _check_expected(path, config, prediction, schedule)
     try:
         model_config = ModelConfig.from_dict(config["model"])

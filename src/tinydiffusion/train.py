@@ -8,7 +8,6 @@ and an exact ``resume``. Reads torchrun's environment; one process is the ordina
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -17,17 +16,20 @@ from pathlib import Path
 import torch
 
 from . import dist
+from .dist import autocast
 from .checkpoint import export_model, load_state, save_state
-from .context import ContextSpec
+from .conditioning import dataset_contexts
 from .data import as_tensor, load_dataset, make_batch
-from .errors import UsageError, bad_value
+from .errors import bad_value
 from .images import save_grid, to_uint8
 from .loss import PREDICTIONS, diffusion_loss
 from .models import build_model, count_parameters, preset
 from .pipeline import Pipeline
+from .runlog import MetricsLog, progress_bar
 from .schedule import Schedule
 
 DEFAULT_MINUTES = 3.0
+CONTEXTS = ("class", "text", "vector", "none")
 BUDGET = ("steps", "epochs", "minutes")
 
 
@@ -38,15 +40,17 @@ class TrainConfig:
     labels: str | None = None
     class_names: tuple[str, ...] | None = None
     skip_bad_files: bool = False
-    context: str = "class"  # "class" (one-hot from the labels) or "none" (unconditional)
+    context: str = "class"  # "class" (one-hot labels), "text" (caption embeddings), "vector" (a file), "none"
+    encoder: str = "minilm"  # the text encoder for --context text ("minilm" or "hash")
+    context_file: str | None = None  # for --context vector: an .npy array [N, D], one row per image
     model: str = "small"
     image_size: int = 16
     schedule: str = "linear"
     T: int = 500
-    zero_terminal_snr: bool = False
-    prediction: str = "eps"
+    zero_terminal_snr: bool | None = None  # None: on for v and x0 prediction, off for eps
+    prediction: str = "v"
     snr_gamma: float | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.0
@@ -63,6 +67,7 @@ class TrainConfig:
     log_every: int = 25
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # "bf16": autocast the network (CPUs with bf16 support, and GPUs)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -79,13 +84,17 @@ class TrainConfig:
             raise bad_value("ema_decay", self.ema_decay, "a number in [0, 1)")
         if self.prediction not in PREDICTIONS:
             raise bad_value("prediction", self.prediction, f"one of {', '.join(PREDICTIONS)}")
-        if self.context not in ("class", "none"):
-            raise bad_value("context", self.context, "'class' or 'none'")
+        if self.context not in CONTEXTS:
+            raise bad_value("context", self.context, f"one of {', '.join(CONTEXTS)}")
+        if (self.context == "vector") != (self.context_file is not None):
+            raise bad_value("context_file", self.context_file, "an .npy file exactly when --context vector")
         if self.schedule not in ("linear", "cosine"):
             raise bad_value("schedule", self.schedule, "'linear' or 'cosine'")
         if self.zero_terminal_snr and self.prediction == "eps":
             raise bad_value("prediction", "eps", "v or x0 with --zero-terminal-snr (at zero SNR an eps "
                             "prediction says nothing about the image)")
+        if self.precision not in ("fp32", "bf16"):
+            raise bad_value("precision", self.precision, "'fp32' or 'bf16'")
         if self.lr <= 0:
             raise bad_value("lr", self.lr, "a positive learning rate")
 
@@ -113,13 +122,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     # ---------------------------------------------------------------- data and model
     dataset = load_dataset(config.data, labels=config.labels, class_names=list(config.class_names or []) or None,
                            size=config.image_size, skip_bad_files=config.skip_bad_files)
-    if config.context == "class" and dataset.labels is None:
-        raise UsageError(f"data {config.data!r} has no class labels; train with --context none or give --labels")
-    spec = ContextSpec.classes(dataset.class_names) if config.context == "class" else ContextSpec()
-    images = as_tensor(dataset.images)  # uint8 [N, 3, H, W], the whole set in RAM
-    contexts = spec.one_hot(torch.from_numpy(dataset.labels)) if spec.kind == "class" else None
+    spec, contexts, examples = dataset_contexts(dataset, config.context, data=config.data, encoder=config.encoder,
+                                                context_file=config.context_file, progress=config.progress)
+    images = as_tensor(dataset.images).to(info.device)  # uint8 [N, 3, H, W], the whole set in (GPU) memory
+    contexts = None if contexts is None else contexts.to(info.device)
     schedule = Schedule.linear(config.T) if config.schedule == "linear" else Schedule.cosine(config.T)
-    schedule = schedule.rescale_zero_terminal_snr() if config.zero_terminal_snr else schedule
+    zero_terminal = config.zero_terminal_snr if config.zero_terminal_snr is not None else config.prediction != "eps"
+    schedule = schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
     model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T)
     model = build_model(model_config).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -139,6 +148,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     export_config = {"format": "tinydiffusion-model", "version": _version(), "model": model_config.to_dict(),
                      "schedule": schedule.to_dict(), "context": spec.to_dict(), "prediction": config.prediction,
+                     "examples": examples,
                      "training": {"data": config.data, "seed": config.seed, "config": asdict(config)}}
     total_steps = _total_steps(config, len(dataset), info.world)
     budget_s = 60.0 * config.minutes if config.minutes else None
@@ -148,8 +158,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", {"train": asdict(config), "model": model_config.to_dict(),
                                           "parameters": count_parameters(model), "dataset": dataset.counts()})
-    metrics = _Metrics(out / "metrics.csv", append=state is not None) if main else None
-    bar = _progress(config, total_steps, budget_s, step, elapsed, enabled=main)
+    metrics = MetricsLog(out / "metrics.csv", append=state is not None) if main else None
+    bar = progress_bar(total_steps, budget_s, step, elapsed, enabled=main and config.progress)
     preview = Pipeline(ema, schedule, spec, export_config, config.prediction)
 
     def snapshot() -> dict:
@@ -176,10 +186,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             lr = _learning_rate(config, step, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x0 = make_batch(images, idx, flip=config.flip, generator=g_loss).to(info.device, non_blocking=True)
-            c = None if contexts is None else contexts[idx].to(info.device)
-            loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond, prediction=config.prediction,
-                                  snr_gamma=config.snr_gamma, generator=g_loss)
+            x0 = make_batch(images, idx.to(info.device), flip=config.flip, generator=g_loss)
+            c = None if contexts is None else contexts[idx.to(info.device)]
+            with autocast(info.device, config.precision):
+                loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond, prediction=config.prediction,
+                                      snr_gamma=config.snr_gamma, generator=g_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -201,7 +212,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             bar.update(1 if bar.by_steps else now - bar.last_t)
             bar.last_t = now
             if main and step % config.sample_every == 0:
-                _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed)
+                _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts)
             if step % config.checkpoint_every == 0:
                 checkpoint(position)
     except KeyboardInterrupt:
@@ -211,7 +222,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     checkpoint(position)
     if main:
         export_model(out / "model", ema, export_config)
-        _sample_grid(preview, out / "samples" / "final.png", config.seed)
+        _sample_grid(preview, out / "samples" / "final.png", config.seed, examples, contexts)
     dist.barrier(info)
     dist.teardown(info)
     return TrainResult(out, out / "model", step, elapsed, last_loss, interrupted)
@@ -265,38 +276,14 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         e.copy_(b)
 
 
-def _sample_grid(preview: Pipeline, path: Path, seed: int) -> None:
-    """One row per class, eight fixed seeds per row, 20 deterministic DDIM steps from the EMA."""
-    rows = list(preview.context.names) if preview.context.kind == "class" else None
+def _sample_grid(preview: Pipeline, path: Path, seed: int, examples: list, contexts: torch.Tensor | None) -> None:
+    """One row per class (or example caption), eight fixed seeds, 20 deterministic DDIM steps from the EMA."""
+    if preview.context.kind == "class":
+        rows = list(preview.context.names)
+    else:  # the cached rows of the example images: no text encoder needed during training
+        rows = None if contexts is None or not examples else contexts[[i for i, _ in examples]]
     images = preview.sample(rows, n=8, seed=seed, sampler="ddim", steps=min(20, preview.schedule.T))
     save_grid(to_uint8(images), path, ncol=8)
-
-
-class _Metrics:
-    COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
-
-    def __init__(self, path: Path, append: bool):
-        self.path = path
-        if not append or not path.exists():
-            path.write_text(",".join(self.COLUMNS) + "\n")
-
-    def write(self, step: int, epoch: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([step, epoch, f"{loss:.6f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.2f}"])
-
-
-def _progress(config: TrainConfig, total_steps, budget_s, step: int, elapsed: float, enabled: bool):
-    """Counts steps for a step budget and seconds for a time budget, so the ETA is right for both."""
-    from tqdm.auto import tqdm
-
-    by_steps = budget_s is None
-    if by_steps:
-        bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (enabled and config.progress))
-    else:
-        bar = tqdm(total=round(budget_s), initial=round(elapsed), unit="s", disable=not (enabled and config.progress),
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
-    bar.by_steps, bar.last_t = by_steps, time.perf_counter()
-    return bar
 
 
 def _write_json(path: Path, data: dict) -> None:

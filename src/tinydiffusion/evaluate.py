@@ -1,0 +1,132 @@
+"""Offline sample quality: ``evaluate(EvalConfig) -> dict`` (what ``tinydiffusion eval`` runs).
+
+Samples a fixed, seeded number of images per class and scores them in the domain evaluator's
+feature space: FD-domain (a Fréchet distance, not "FID": the features are not Inception's), KID,
+precision/recall, conditional accuracy, and a memorisation check against the training images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data import as_tensor, load_dataset, make_batch
+from .dist import resolve_device
+from .errors import UsageError, bad_value
+from .evaluator import Evaluator, load_evaluator
+from .images import grid, to_uint8
+from .pipeline import Pipeline, load
+
+BOOTSTRAPS = 20
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    evaluator: str = "sprites"
+    data: str | None = None  # default: the data the model was trained on
+    per_class: int = 200
+    sampler: str = "ddim"
+    steps: int | None = 20
+    guidance: float = 1.0
+    seed: int = 1000  # far from the seeds of the training grids
+    batch_size: int = 128
+    memorisation_threshold: float = 0.1  # RMS pixel distance in [-1, 1] units
+    out: str = "eval.json"
+    device: str = "auto"
+
+
+@dataclass(eq=False)
+class RealReference:
+    features: torch.Tensor  # [N, F]
+    labels: torch.Tensor  # [N]
+    images: torch.Tensor  # uint8 [N, 3, H, W] at the model's size
+
+
+def real_reference(evaluator: Evaluator, data: str, size: int) -> RealReference:
+    """Evaluator features of the real images at the model's resolution, cached on disk."""
+    from .text import user_cache_dir
+
+    dataset = load_dataset(data, size=size)
+    if dataset.labels is None:
+        raise UsageError(f"data {data!r} has no labels: evaluation needs the class of each real image")
+    images = as_tensor(dataset.images)
+    weights = json.dumps(evaluator.config.get("holdout_accuracy", {}), sort_keys=True) + str(evaluator.config)
+    key = hashlib.sha256(images.numpy().tobytes() + weights.encode()).hexdigest()[:16]
+    path = user_cache_dir() / f"reference-{Path(str(data)).name}-{size}-{key}.npy"
+    try:
+        features = torch.from_numpy(np.load(path)).double()
+    except (OSError, ValueError):
+        features, _ = evaluator.run(make_batch(images, torch.arange(len(images))))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, features.numpy())
+        except OSError:
+            pass  # an unwritable cache only costs time
+    return RealReference(features, torch.from_numpy(dataset.labels), images)
+
+
+def score(samples: torch.Tensor, labels: torch.Tensor, evaluator: Evaluator, real: RealReference,
+          threshold: float, generator: torch.Generator | None = None) -> dict:
+    """Every metric of ``samples`` ``[N, 3, H, W]`` in ``[-1, 1]`` generated for classes ``labels``."""
+    feats, logits = evaluator.run(samples)
+    g = generator or torch.Generator().manual_seed(0)
+    fd = metrics.frechet_distance(feats, real.features)
+    boot = [metrics.frechet_distance(feats[torch.randint(0, len(feats), (len(feats),), generator=g)], real.features)
+            for _ in range(BOOTSTRAPS)]
+    kid_mean, kid_std = metrics.kid(feats, real.features, subsets=50, subset_size=min(1000, len(feats)), generator=g)
+    precision, recall = metrics.precision_recall(real.features, feats, k=3)
+    flat = samples.reshape(len(samples), -1)
+    train_flat = make_batch(real.images, torch.arange(len(real.images))).reshape(len(real.images), -1)
+    rms = float(flat.shape[1]) ** 0.5  # Euclidean distance / sqrt(pixels) = RMS pixel distance
+    memo = metrics.memorisation(flat / rms, train_flat / rms, threshold=threshold)
+    return {"fd_domain": fd, "fd_domain_bootstrap_std": float(np.std(boot)), "kid": kid_mean, "kid_std": kid_std,
+            "precision": precision, "recall": recall,
+            "conditional_accuracy": metrics.conditional_accuracy(logits, labels),
+            "memorised_share": memo["share"], "_memo": memo}
+
+
+def evaluate(config: EvalConfig, pipeline: Pipeline | None = None, evaluator: Evaluator | None = None) -> dict:
+    if config.per_class < 2:
+        raise bad_value("per_class", config.per_class, "at least 2 samples per class")
+    pipe = pipeline or load(config.model, device=resolve_device(config.device))
+    if pipe.context.kind != "class":
+        raise UsageError(f"eval needs a class-conditional model (this one's context is {pipe.context.kind!r}): "
+                         f"conditional accuracy is measured per class")
+    ev = evaluator or load_evaluator(config.evaluator)
+    if tuple(ev.class_names) != tuple(pipe.context.names):
+        raise UsageError(f"evaluator classes {list(ev.class_names)} differ from the model's {list(pipe.context.names)}; "
+                         f"train an evaluator on the model's data: tinydiffusion evaluator train --data …")
+    data = config.data or pipe.config.get("training", {}).get("data", "sprites")
+    real = real_reference(ev, data, pipe.image_size)
+    t0 = time.perf_counter()
+    samples = pipe.sample(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=config.sampler,
+                          steps=config.steps, guidance=config.guidance, batch_size=config.batch_size)
+    seconds = time.perf_counter() - t0
+    labels = torch.arange(len(pipe.context.names)).repeat_interleave(config.per_class)
+    result = score(samples, labels, ev, real, config.memorisation_threshold)
+    memo = result.pop("_memo")
+    report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
+              "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),
+              "evaluator_holdout_accuracy": ev.accuracy, "settings": asdict(config)}
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _closest_pairs_grid(samples, real.images, memo, out.with_name(out.stem + "_closest.png"))
+    return report
+
+
+def _closest_pairs_grid(samples: torch.Tensor, train_images: torch.Tensor, memo: dict, path: Path, k: int = 8) -> None:
+    """Two rows: the ``k`` samples nearest to a training image, and those training images."""
+    idx = metrics.nearest_pairs(memo, min(k, len(samples)))
+    top = to_uint8(samples[idx])
+    bottom = train_images[memo["nearest"][idx]].permute(0, 2, 3, 1).numpy()
+    scale = max(1, 64 // top.shape[1])
+    grid(np.concatenate([top, bottom]), len(idx), scale=scale).save(path)

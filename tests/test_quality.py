@@ -1,0 +1,97 @@
+"""Evaluator, eval and compare end to end on tiny models; the shipped evaluator against its record."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_TRAIN
+from tinydiffusion.cli import main
+from tinydiffusion.data import as_tensor, load_dataset, make_batch
+from tinydiffusion.errors import UsageError
+from tinydiffusion.evaluator import EvaluatorConfig, load_evaluator, split, train_evaluator
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import numpy as np
+
+    from conftest import shapes
+
+    root = tmp_path_factory.mktemp("quality")
+    images, labels, names = shapes(n_per_class=24)
+    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
+    ev = train_evaluator(EvaluatorConfig(data=str(root / "shapes.npz"), out=str(root / "ev"), size=8, low_size=4,
+                                         width=8, epochs=15, batch_size=16, progress=False))
+    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", "3",
+                 *TINY_TRAIN]) == 0
+    return root, ev
+
+
+def test_evaluator_records_held_out_accuracy_it_reproduces(tiny):
+    root, ev = tiny
+    loaded = load_evaluator(root / "ev")
+    d = load_dataset(str(root / "shapes.npz"), size=8)
+    _, test_idx = split(d.labels, 0.2, 0)
+    _, logits = loaded.run(make_batch(as_tensor(d.images), torch.from_numpy(test_idx)))
+    acc = (logits.argmax(1).numpy() == d.labels[test_idx]).mean()
+    assert acc == pytest.approx(loaded.accuracy["8px"], abs=1e-9)
+    assert loaded.accuracy["8px"] > 0.9  # three shapes are easy
+
+
+def test_shipped_sprite_evaluator_matches_its_recorded_held_out_accuracy():
+    ev = load_evaluator("sprites")
+    cfg = ev.config["training"]
+    d = load_dataset("sprites", size=cfg["size"])
+    _, test_idx = split(d.labels, cfg["holdout"], cfg["seed"])
+    _, logits = ev.run(make_batch(as_tensor(d.images), torch.from_numpy(test_idx)))
+    acc = float((logits.argmax(1).numpy() == d.labels[test_idx]).mean())
+    assert acc == pytest.approx(ev.accuracy[f"{cfg['size']}px"], abs=1e-9)
+    assert acc >= 0.9
+
+
+def test_split_is_stratified_and_disjoint():
+    import numpy as np
+
+    labels = np.repeat(np.arange(3), [10, 20, 30])
+    train, test = split(labels, 0.2, 0)
+    assert not set(train) & set(test) and len(train) + len(test) == 60
+    assert np.bincount(labels[test]).tolist() == [2, 4, 6]
+
+
+def test_eval_writes_its_report_and_closest_pairs(tiny, capsys):
+    root, _ = tiny
+    out = root / "eval.json"
+    assert main(["eval", str(root / "run" / "model"), "--evaluator", str(root / "ev"), "--per-class", "4",
+                 "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for key in ("fd_domain", "fd_domain_bootstrap_std", "kid", "precision", "recall", "conditional_accuracy",
+                "memorised_share", "seconds"):
+        assert key in report
+    assert report["samples"] == 12 and report["settings"]["sampler"] == "ddim"
+    assert Image.open(root / "eval_closest.png").size[0] > 0
+    assert "FD-domain" in capsys.readouterr().out
+
+
+def test_compare_writes_every_promised_file(tiny, capsys):
+    root, _ = tiny
+    out = root / "cmp"
+    assert main(["compare", str(root / "run" / "model"), "--evaluator", str(root / "ev"), "--per-class", "3",
+                 "--settings", "ddpm:50,ddim:5,dpmpp_2m:3", "--out", str(out), "--no-progress"]) == 0
+    for name in ("compare.json", "compare.csv", "compare_steps.png", "compare_seconds.png", "compare_grid.png"):
+        assert (out / name).exists(), name
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [r["nfe"] for r in rows] == [50, 5, 3]
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_mismatched_evaluator_and_bad_settings_are_refused(tiny, capsys):
+    root, _ = tiny
+    assert main(["eval", str(root / "run" / "model"), "--per-class", "2", "--steps", "2"]) == 2
+    assert "evaluator classes" in capsys.readouterr().err
+    assert main(["compare", str(root / "run" / "model"), "--evaluator", str(root / "ev"),
+                 "--settings", "ddim:fast"]) == 2
+    assert "SAMPLER:STEPS" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="not an evaluator"):
+        load_evaluator(root / "run" / "model")

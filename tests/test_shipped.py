@@ -1,0 +1,44 @@
+"""The models and data that ship inside the package work right after install."""
+
+import json
+
+import torch
+
+from tinydiffusion.cli import main
+from tinydiffusion.pipeline import load
+
+
+def test_shipped_sprites_model_samples_by_name(tmp_path):
+    pipe = load("sprites")
+    assert pipe.context.names == ("hero", "monster", "item", "spell", "terrain") and pipe.image_size == 32
+    assert next(pipe.model.parameters()).dtype == torch.float32  # stored as fp16, computed in fp32
+    out = tmp_path / "hero.npz"
+    assert main(["sample", "sprites", "--context", "hero", "--n", "2", "--sampler", "ddim", "--steps", "3",
+                 "--guidance", "3", "--out", str(out)]) == 0
+    import numpy as np
+
+    d = np.load(out)
+    assert d["images"].shape == (2, 32, 32, 3) and d["labels"].tolist() == [0, 0]
+
+
+def test_shipped_emoji_model_samples_from_a_prompt(tmp_path):
+    import pytest
+
+    pytest.importorskip("sentence_transformers", reason="the 'text' extra is not installed")
+    out = tmp_path / "apple.png"
+    assert main(["sample", "emoji", "--prompt", "a red apple", "--n", "1", "--sampler", "ddim", "--steps", "2",
+                 "--out", str(out)]) == 0
+    from PIL import Image
+
+    meta = json.loads(Image.open(out).text["tinydiffusion"])
+    assert meta["rows"] == ["a red apple"]
+
+
+def test_shipped_models_have_cards_and_configs():
+    from importlib import resources
+
+    for name in ("sprites", "emoji"):
+        folder = resources.files("tinydiffusion") / "assets" / "models" / name
+        card = (folder / "README.md").read_text()
+        assert "tinydiffusion train" in card and "H200" in card
+        assert json.loads((folder / "config.json").read_text())["shipped_as"] == name
