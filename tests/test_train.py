@@ -101,3 +101,18 @@ def test_a_v_or_x0_trained_model_samples_with_every_sampler(shapes_npz, tmp_path
 def test_zero_terminal_snr_with_eps_is_refused_at_training_time():
     with pytest.raises(UsageError, match="prediction='eps'.*zero-terminal-snr"):
         TrainConfig(prediction="eps", zero_terminal_snr=True)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_data_parallel(shapes_npz, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tinydiffusion", "train",
+           "--data", str(shapes_npz), "--out", str(out), "--steps", "3", "--log-every", "1", "--device", "cpu",
+           "--model", "tiny", "--image-size", "8", "--T", "50", "--batch-size", "8", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained 3 steps") == 1  # one report, from rank 0
+    assert sorted(_losses(out)) == [1, 2, 3] and (out / "model" / "model.safetensors").exists()

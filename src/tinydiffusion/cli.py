@@ -6,6 +6,7 @@ Only the standard library is imported at module level, so ``--help`` answers wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from typing import Any, Sequence
@@ -118,6 +119,8 @@ def _train(args) -> int:
 
     config = TrainConfig(**_given(args, TrainConfig))
     result = train(config, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return 0
     print(f"trained {result.step} steps in {result.seconds:.0f} s (last loss {result.loss:.4f})")
     print(f"  model:    {result.model_dir}   (sample it: tinydiffusion sample {result.model_dir})")
     print(f"  samples:  {result.out / 'samples'}")
@@ -133,7 +136,7 @@ def _train(args) -> int:
 def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
-    p.add_argument("model", help="an exported model folder (e.g. runs/train/model)")
+    p.add_argument("model", help="a shipped model (sprites, emoji) or an exported model folder (e.g. runs/train/model)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm (default), ddim, dpmpp_2m or euler")
     p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim and "
                                              "euler, 20 for dpmpp_2m)")
