@@ -27,6 +27,9 @@ def test_export_then_load_gives_identical_samples(tmp_path):
     original, path = _exported(tmp_path)
     loaded = load(path)
     assert loaded.context.names == ("a", "b", "c") and loaded.schedule.to_dict()["kind"] == "cosine"
+    for key, value in original.model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key]), key
+    original.model.to(memory_format=torch.channels_last)  # as load() lays it out on a CPU
     for sampler in ("ddpm", "ddim"):
         a = original.sample(["a", "b=1,c=0.5"], n=3, seed=5, sampler=sampler, steps=10)
         b = loaded.sample(["a", "b=1,c=0.5"], n=3, seed=5, sampler=sampler, steps=10)

@@ -22,7 +22,7 @@ from .schedule import Schedule
 
 @dataclass(frozen=True)
 class BenchConfig:
-    presets: tuple[str, ...] = ("tiny", "small", "course")
+    presets: tuple[str, ...] = ("small", "tiny", "course")  # the first (the default) also gets the variants
     diffusers: bool = True  # a diffusers UNet2DModel of comparable size, when the 'bench' extra is there
     image_size: int = 16
     batch_size: int = 64
@@ -31,6 +31,7 @@ class BenchConfig:
     seconds: float = 3.0  # per measurement
     device: str = "auto"
     compile: bool = False
+    variants: bool = True  # channels-last, one thread, no inference_mode: each against the first preset as is
     out: str | None = "bench.json"
 
 
@@ -134,6 +135,49 @@ def measure(name: str, net, config: BenchConfig, device: torch.device, ceilings:
     return row
 
 
+def variants(name: str, config: BenchConfig, device: torch.device) -> list[dict]:
+    """What each speed setting pays on ``name`` (fp32, training batch and the largest evaluation batch):
+    the network as is, in channels-last memory format, on one thread, and sampled without
+    ``torch.inference_mode`` (plain ``no_grad``). Ratios > 1 are faster than as is."""
+    size, B, b = config.image_size, config.batch_size, config.eval_batches[-1]
+    schedule = Schedule.linear(500)
+    x0 = torch.rand(B, 3, size, size, device=device) * 2 - 1
+    ctx = torch.eye(5, device=device)[torch.randint(0, 5, (B,))]
+    x, t = torch.randn(b, 3, size, size, device=device), torch.full((b,), 250, device=device)
+    threads = torch.get_num_threads()
+    settings = [("as is", {}), ("channels-last", {"channels_last": True}), ("no inference_mode", {"no_grad": True})]
+    if device.type == "cpu" and threads > 1:
+        settings.append(("1 thread", {"threads": 1}))
+    rows = []
+    for label, s in settings:
+        torch.manual_seed(0)
+        net = build_model(preset(name, image_size=size, context_width=5)).to(device)
+        fmt = torch.channels_last if s.get("channels_last") else torch.contiguous_format
+        net = net.to(memory_format=fmt)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+        def step():
+            loss = diffusion_loss(net, schedule, x0.contiguous(memory_format=fmt), ctx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def forward():
+            with torch.no_grad() if s.get("no_grad") else torch.inference_mode():
+                net(x.contiguous(memory_format=fmt), t, ctx[:1].expand(b, -1))
+
+        torch.set_num_threads(s.get("threads", threads))
+        try:
+            train_s, eval_s = _rate(step, device, config.seconds), _rate(forward, device, config.seconds / 2)
+        finally:
+            torch.set_num_threads(threads)
+        rows.append({"variant": label, "train_images_per_s": B / train_s, f"ms_per_eval_b{b}": eval_s * 1000})
+    for r in rows:
+        r["train_ratio"] = r["train_images_per_s"] / rows[0]["train_images_per_s"]
+        r["eval_ratio"] = rows[0][f"ms_per_eval_b{b}"] / r[f"ms_per_eval_b{b}"]
+    return rows
+
+
 def sampler_overhead(device: torch.device, size: int, seconds: float) -> dict:
     """Per-step cost of each sampler's own arithmetic (the network replaced by a free function), batch 64."""
     schedule, x_T = Schedule.linear(500), torch.randn(64, 3, size, size, device=device)
@@ -150,6 +194,8 @@ def bench(config: BenchConfig) -> dict:
     from .dist import resolve_device
 
     device = resolve_device(config.device)
+    for name in config.presets:  # a bad name fails now, not after a minute of measuring
+        preset(name, image_size=config.image_size, context_width=5)
     ceilings = {"fp32": matmul_ceiling(device, torch.float32, config.seconds),
                 "bf16": matmul_ceiling(device, torch.bfloat16, config.seconds)}
     notes = []
@@ -178,6 +224,8 @@ def bench(config: BenchConfig) -> dict:
             rows.append(measure("diffusers UNet2DModel", unet, config, device, ceilings))
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine(device), "settings": asdict(config),
             "ceiling_gflops": ceilings, "networks": rows,
+            "variants": {"network": config.presets[0], "rows": variants(config.presets[0], config, device)}
+            if config.variants and config.presets else None,
             "sampler_overhead_ms_per_step": sampler_overhead(device, config.image_size, config.seconds / 2),
             "notes": notes}
 

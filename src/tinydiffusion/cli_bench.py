@@ -10,7 +10,10 @@ def add_command(commands, given) -> None:
                                           "diffusers, training images/s, ms per network evaluation",
                             description="Measure on this machine and print ratios ours/theirs; writes --out JSON.")
     p.add_argument("--presets", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-                   help="comma-separated presets (default tiny,small,course)")
+                   help="comma-separated presets (default small,tiny,course; the first also gets the "
+                        "speed variants: channels-last, one thread, no inference_mode)")
+    p.add_argument("--no-variants", dest="variants", action="store_false", default=None,
+                   help="skip the speed variants")
     p.add_argument("--no-diffusers", dest="diffusers", action="store_false", default=None,
                    help="skip the diffusers UNet2DModel")
     p.add_argument("--image-size", type=int, help="pixels (default 16)")
@@ -71,5 +74,10 @@ def format_report(report: dict) -> str:
             ms_theirs = min(t[f"ms_per_eval_b{batches[-1]}_{p}"] for p in precisions)
             lines.append(f"ratio {r['network']} / {theirs}: training images/s ×{best_ours / best_theirs:.2f}, "
                          f"sampling speed (b{batches[-1]}) ×{ms_theirs / ms_ours:.2f} (best precision of each)")
+    v = report.get("variants")
+    if v:
+        lines += ["", f"speed settings on {v['network']} (fp32; ratio to as is, > 1 is faster): "
+                  + ", ".join(f"{r['variant']} training ×{r['train_ratio']:.2f} sampling ×{r['eval_ratio']:.2f}"
+                              for r in v["rows"][1:])]
     lines += report.get("notes", [])
     return "\n".join(lines)

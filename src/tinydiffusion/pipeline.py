@@ -147,7 +147,12 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: st
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise UsageError(f"model weights in {path} do not fit its config.json: {str(e)[:500]}") from None
-    return Pipeline(model.to(device).eval(), schedule, spec, config, config.get("prediction", "eps"))
+    model = model.to(device).eval()
+    if torch.device(device).type == "cpu":
+        # channels-last convolutions sample 1.4× (16 px) to 1.6× (32 px) faster on a CPU, with the same
+        # images to 1e-5 (`tinydiffusion bench`, speed settings); training does not gain, so only here
+        model = model.to(memory_format=torch.channels_last)
+    return Pipeline(model, schedule, spec, config, config.get("prediction", "eps"))
 
 
 def _check_expected(path, config: dict[str, Any], prediction: str | None, schedule: dict[str, Any] | None) -> None:
