@@ -209,7 +209,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                     metrics.write(step, epoch, last_loss, lr, rate, elapsed)
                 bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}", step=step, refresh=False)
                 window, window_s = [], 0.0
-            bar.update(1 if bar.by_steps else now - bar.last_t)
+            bar.update(1 if bar.by_steps else min(now - bar.last_t, bar.total - bar.n))  # never past the budget
             bar.last_t = now
             if main and step % config.sample_every == 0:
                 _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts)
