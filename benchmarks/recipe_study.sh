@@ -3,6 +3,7 @@
 # for the same wall-clock budget on the embedded sprites, then both scored by `tinydiffusion eval`.
 #
 #   bash benchmarks/recipe_study.sh MINUTES [OUT]      # e.g. 30 → runs/study-30/{ours,course}
+#   SCORE_ONLY=1 bash benchmarks/recipe_study.sh 30    # score the trained models again (a new evaluator)
 #
 # The two runs train side by side, one core each (OMP_NUM_THREADS=1), so they get equal compute and
 # finish together; on a 2-core machine that is half of what one run alone would get, so the budget is
@@ -15,6 +16,7 @@ out=${2:-runs/study-$minutes}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+if [[ "${SCORE_ONLY:-0}" != 1 ]]; then
 # Ours: every default (small UNet, 16 px, v prediction, zero terminal SNR, EMA, class balance).
 tinydiffusion train --out "$out/ours" --minutes "$minutes" --no-progress > "$out/ours.log" 2>&1 &
 # The course: its ContextUnet (fixed), eps prediction, Adam lr 1e-3, batch 100, no EMA, no
@@ -23,6 +25,7 @@ tinydiffusion train --out "$out/course" --minutes "$minutes" --no-progress --mod
   --no-zero-terminal-snr --lr 1e-3 --batch-size 100 --ema-decay 0 --warmup 0 --grad-clip 1e9 \
   --no-balance --no-flip > "$out/course.log" 2>&1 &
 wait
+fi
 
 for run in ours course; do
   tinydiffusion eval "$out/$run/model" --sampler dpmpp_2m --steps 10 --guidance 3 --out "$out/$run/eval_dpmpp10_g3.json" &

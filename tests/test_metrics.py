@@ -318,6 +318,29 @@ def test_memorisation_partial_share_and_nearest_pairs_order():
     assert nearest_pairs(result, 4).tolist() == [1, 3, 0, 2]
 
 
+def test_memorisation_ratio_spares_a_sample_in_a_crowd_and_keeps_a_copy():
+    """A dark sample sits close to many dark training tiles: the absolute threshold flags it, the ratio
+    to the mean distance of its nearest rows does not; a copy of a lone row is flagged by both."""
+    g = gen(32)
+    crowd = 0.05 * torch.randn(60, 8, generator=g)  # 60 nearly identical rows near the origin
+    lone = torch.full((1, 8), 5.0)
+    train = torch.cat([crowd, lone])
+    samples = torch.cat([0.05 * torch.randn(1, 8, generator=g), lone + 0.01])
+    plain = memorisation(samples, train, threshold=0.2)
+    assert plain["share"] == 1.0
+    rel = memorisation(samples, train, threshold=0.2, ratio=0.5, neighbours=10)
+    assert rel["share"] == 0.5
+    assert rel["relative"][0] > 0.5 > rel["relative"][1]
+    d = torch.cdist(samples.double(), train.double()).sort(dim=1).values[:, :10]
+    torch.testing.assert_close(rel["relative"], d[:, 0] / d.mean(dim=1), rtol=1e-9, atol=0)
+    exact = memorisation(train[-1:], train, threshold=0.2, ratio=0.5)
+    assert exact["share"] == 1.0 and exact["relative"].item() == 0.0
+    with pytest.raises(UsageError, match="ratio"):
+        memorisation(samples, train, threshold=0.2, ratio=1.5)
+    with pytest.raises(UsageError, match="neighbours"):
+        memorisation(samples, train, threshold=0.2, neighbours=0)
+
+
 # ---------------------------------------------------------------- spread
 
 def test_spread():

@@ -95,3 +95,19 @@ def test_mismatched_evaluator_and_bad_settings_are_refused(tiny, capsys):
     assert "SAMPLER:STEPS" in capsys.readouterr().err
     with pytest.raises(UsageError, match="not an evaluator"):
         load_evaluator(root / "run" / "model")
+
+
+def test_bf16_sampling_keeps_fd_domain_within_tolerance_of_fp32(tiny):
+    """The same seeds sampled in fp32 and under bf16 autocast: FD-domain within 5 % (bf16 rounds the
+    network's activations to 8 bits of mantissa; the sampler's arithmetic stays fp32)."""
+    root, _ = tiny
+    reports = {}
+    for precision in ("fp32", "bf16"):
+        out = root / f"eval_{precision}.json"
+        assert main(["eval", str(root / "run" / "model"), "--evaluator", str(root / "ev"), "--per-class", "8",
+                     "--steps", "5", "--precision", precision, "--out", str(out)]) == 0
+        reports[precision] = json.loads(out.read_text())
+    assert reports["bf16"]["settings"]["precision"] == "bf16"
+    fd32, fd16 = reports["fp32"]["fd_domain"], reports["bf16"]["fd_domain"]
+    assert fd16 == pytest.approx(fd32, rel=0.05)
+    assert fd16 != fd32  # bf16 really ran

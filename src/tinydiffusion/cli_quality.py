@@ -21,6 +21,9 @@ def add_commands(commands, given) -> None:
     p.add_argument("--steps", type=int, help="steps (default 20)")
     p.add_argument("--memorisation-threshold", type=float,
                    help="RMS pixel distance in [-1, 1] units below which a sample counts as a copy (default 0.1)")
+    p.add_argument("--memorisation-ratio", type=float,
+                   help="a copy must also be closer than this share of the mean distance to the sample's 50 "
+                        "nearest training images (default 0.5)")
     p.add_argument("--out", help="report file (default eval.json)")
     p.set_defaults(handler=lambda args: _eval(args, given))
 
@@ -64,6 +67,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network while sampling "
+                                                               "(default fp32)")
 
 
 def _eval(args, given) -> int:
@@ -72,13 +77,14 @@ def _eval(args, given) -> int:
     r = evaluate(EvalConfig(**given(args, EvalConfig)))
     s = r["settings"]
     print(f"{r['samples']} samples ({s['per_class']} per class) with {s['sampler']}, {s['steps']} steps, guidance "
-          f"{s['guidance']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
+          f"{s['guidance']}, {s['precision']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
     print(f"  FD-domain             {r['fd_domain']:.3f} ± {r['fd_domain_bootstrap_std']:.3f} (bootstrap std)")
     print(f"  KID                   {r['kid']:.4f} ± {r['kid_std']:.4f}")
     print(f"  precision / recall    {r['precision']:.3f} / {r['recall']:.3f}")
     print(f"  conditional accuracy  {r['conditional_accuracy']:.1%}  (evaluator held-out: "
           f"{', '.join(f'{k} {v:.1%}' for k, v in r['evaluator_holdout_accuracy'].items())})")
-    print(f"  memorised share       {r['memorised_share']:.1%}  (RMS pixel distance < {s['memorisation_threshold']})")
+    print(f"  memorised share       {r['memorised_share']:.1%}  (RMS pixel distance < {s['memorisation_threshold']} "
+          f"and < {s['memorisation_ratio']} × the mean to the 50 nearest)")
     print(f"  wrote {s['out']}")
     return 0
 

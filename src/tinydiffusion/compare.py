@@ -37,6 +37,7 @@ class CompareConfig:
     guidance: float = 1.0
     seed: int = 1000
     batch_size: int = 128
+    precision: str = "fp32"  # "bf16" autocasts the network while sampling
     out: str = "runs/compare"
     device: str = "auto"
     progress: bool = True
@@ -72,7 +73,8 @@ def compare(config: CompareConfig) -> list[dict]:
             calls[0] = 0
             t0 = time.perf_counter()
             samples = pipe.sample(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
-                                  guidance=config.guidance, batch_size=config.batch_size)
+                                  guidance=config.guidance, batch_size=config.batch_size,
+                                  precision=config.precision)
             seconds = time.perf_counter() - t0
             chunks = -(-len(samples) // config.batch_size)
             result = score(samples, labels, ev, real, threshold=0.1)

@@ -38,7 +38,9 @@ class EvalConfig:
     guidance: float = 1.0
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
+    precision: str = "fp32"  # "bf16" autocasts the network while sampling
     memorisation_threshold: float = 0.1  # RMS pixel distance in [-1, 1] units
+    memorisation_ratio: float = 0.5  # ... and closer than this share of the mean distance to the 50 nearest
     out: str = "eval.json"
     device: str = "auto"
 
@@ -74,7 +76,7 @@ def real_reference(evaluator: Evaluator, data: str, size: int) -> RealReference:
 
 
 def score(samples: torch.Tensor, labels: torch.Tensor, evaluator: Evaluator, real: RealReference,
-          threshold: float, generator: torch.Generator | None = None) -> dict:
+          threshold: float, ratio: float | None = 0.5, generator: torch.Generator | None = None) -> dict:
     """Every metric of ``samples`` ``[N, 3, H, W]`` in ``[-1, 1]`` generated for classes ``labels``."""
     feats, logits = evaluator.run(samples)
     g = generator or torch.Generator().manual_seed(0)
@@ -86,7 +88,7 @@ def score(samples: torch.Tensor, labels: torch.Tensor, evaluator: Evaluator, rea
     flat = samples.reshape(len(samples), -1)
     train_flat = make_batch(real.images, torch.arange(len(real.images))).reshape(len(real.images), -1)
     rms = float(flat.shape[1]) ** 0.5  # Euclidean distance / sqrt(pixels) = RMS pixel distance
-    memo = metrics.memorisation(flat / rms, train_flat / rms, threshold=threshold)
+    memo = metrics.memorisation(flat / rms, train_flat / rms, threshold=threshold, ratio=ratio)
     return {"fd_domain": fd, "fd_domain_bootstrap_std": float(np.std(boot)), "kid": kid_mean, "kid_std": kid_std,
             "precision": precision, "recall": recall,
             "conditional_accuracy": metrics.conditional_accuracy(logits, labels),
@@ -108,10 +110,11 @@ def evaluate(config: EvalConfig, pipeline: Pipeline | None = None, evaluator: Ev
     real = real_reference(ev, data, pipe.image_size)
     t0 = time.perf_counter()
     samples = pipe.sample(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=config.sampler,
-                          steps=config.steps, guidance=config.guidance, batch_size=config.batch_size)
+                          steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
+                          precision=config.precision)
     seconds = time.perf_counter() - t0
     labels = torch.arange(len(pipe.context.names)).repeat_interleave(config.per_class)
-    result = score(samples, labels, ev, real, config.memorisation_threshold)
+    result = score(samples, labels, ev, real, config.memorisation_threshold, config.memorisation_ratio)
     memo = result.pop("_memo")
     report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
               "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),

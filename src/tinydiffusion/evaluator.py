@@ -158,6 +158,8 @@ def _train_member(net: EvaluatorNet, images: torch.Tensor, labels: torch.Tensor,
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
+    if images.device.type == "cpu":  # channels-last convolutions train ~15 % faster on a CPU here
+        net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.1)
     weights = (1.0 / torch.bincount(labels[train_idx]).double())[labels[train_idx]].cpu()  # class-balanced draws
     total = config.epochs * math.ceil(len(train_idx) / config.batch_size)
@@ -175,7 +177,7 @@ def _train_member(net: EvaluatorNet, images: torch.Tensor, labels: torch.Tensor,
         optimizer.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    net.eval()
+    net.to(memory_format=torch.contiguous_format).eval()
 
 
 def _augment(x: torch.Tensor, config: EvaluatorConfig, g: torch.Generator) -> torch.Tensor:

@@ -169,20 +169,35 @@ def conditional_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).double().mean().item()
 
 
-def memorisation(samples: torch.Tensor, train: torch.Tensor, *, threshold: float) -> dict:
+def memorisation(samples: torch.Tensor, train: torch.Tensor, *, threshold: float, ratio: float | None = None,
+                 neighbours: int = 50) -> dict:
     """Nearest training row for each sample (Euclidean; the copy-detection check of Carlini et al. 2023,
     Sec. 4.1, Def. 1: a sample copies a training image when their distance is below a threshold delta).
-    Returns ``{"share": fraction with distance < threshold, "distances": [N] float64,
-    "nearest": [N] long indices into train}``."""
+
+    With ``ratio``, a copy must also stand out from the crowd (the normalised distance of their Sec. 5.1):
+    the nearest row closer than ``ratio`` × the mean distance to the ``neighbours`` nearest rows. A dark
+    sample lies close to every dark training tile, so an absolute threshold alone calls it a copy.
+    Returns ``{"share": fraction flagged, "distances": [N] float64, "nearest": [N] long indices into train,
+    "relative": [N] nearest distance / mean distance to the nearest ``neighbours``}``."""
     x = _features("samples", samples, min_rows=1)
     tr = _features("train", train, min_rows=1, like=("samples", x.shape[1]))
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold) \
             or threshold < 0:
         raise bad_value("threshold", threshold, "a finite distance >= 0 in feature space")
-    mins = [d.min(dim=1) for d in _distance_blocks(x, tr)]
-    distances = torch.cat([v.values for v in mins])  # [N]
-    nearest = torch.cat([v.indices for v in mins])  # [N]
-    return {"share": (distances < threshold).double().mean().item(), "distances": distances, "nearest": nearest}
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
+                              or not 0 < ratio <= 1):
+        raise bad_value("ratio", ratio, "a fraction in (0, 1] of the mean distance to the nearest rows, or None")
+    n = min(_int_at_least("neighbours", neighbours, 1, "a positive number of nearest rows"), tr.shape[0])
+    nearest_n = [d.topk(n, dim=1, largest=False) for d in _distance_blocks(x, tr)]  # ascending, [c, n]
+    distances = torch.cat([v.values[:, 0] for v in nearest_n])  # [N]
+    nearest = torch.cat([v.indices[:, 0] for v in nearest_n])  # [N]
+    crowd = torch.cat([v.values.mean(dim=1) for v in nearest_n])  # [N]
+    relative = torch.where(crowd > 0, distances / crowd.clamp_min(1e-300), torch.zeros_like(distances))  # 0/0: a copy
+    flagged = distances < threshold
+    if ratio is not None:
+        flagged &= relative < ratio
+    return {"share": flagged.double().mean().item(), "distances": distances, "nearest": nearest,
+            "relative": relative}
 
 
 def nearest_pairs(result: dict, k: int) -> torch.Tensor:
