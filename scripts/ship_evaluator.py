@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinydiffusion.data import as_tensor, load_dataset, make_batch
-from tinydiffusion.evaluator import _resize, load_evaluator, split
+from tinydiffusion.data import as_tensor, load_dataset
+from tinydiffusion.evaluator import holdout_accuracy, load_evaluator, split
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tinydiffusion" / "assets" / "evaluators"
 
@@ -40,13 +40,8 @@ def main() -> None:
     train_cfg = config["training"]
     data = load_dataset(train_cfg["data"], size=config["size"])
     _, test_idx = split(data.labels, train_cfg["holdout"], train_cfg["seed"])
-    x = make_batch(as_tensor(data.images), torch.from_numpy(test_idx))
-    labels = torch.from_numpy(data.labels[test_idx])
-    low = train_cfg["low_size"]
-    accuracy = {}
-    for name, images in ((f"{config['size']}px", x), (f"{low}px", _resize(_resize(x, low), config["size"]))):
-        _, logits = ev.run(images)
-        accuracy[name] = float((logits.argmax(1) == labels).double().mean())
+    accuracy = holdout_accuracy(ev, as_tensor(data.images), torch.from_numpy(data.labels), test_idx,
+                                train_cfg["low_size"])
     print(f"held-out accuracy, fp32 weights: {config['holdout_accuracy']}; fp16 weights: {accuracy}")
     config["holdout_accuracy"] = accuracy
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

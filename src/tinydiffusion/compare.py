@@ -77,7 +77,7 @@ def compare(config: CompareConfig) -> list[dict]:
                                   precision=config.precision)
             seconds = time.perf_counter() - t0
             chunks = -(-len(samples) // config.batch_size)
-            result = score(samples, labels, ev, real, threshold=0.1)
+            result = score(samples, labels, ev, real)
             result.pop("_memo")
             rows.append({"setting": f"{name}:{steps}", "sampler": name, "steps": steps, "nfe": calls[0] // chunks,
                          "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})

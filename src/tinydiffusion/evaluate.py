@@ -25,6 +25,8 @@ from .images import grid, to_uint8
 from .pipeline import Pipeline, load
 
 BOOTSTRAPS = 20
+MEMO_THRESHOLD = 0.1  # a copy: nearest training image closer than this RMS pixel distance in [-1, 1] units ...
+MEMO_RATIO = 0.5  # ... and closer than this share of the mean distance to its 50 nearest training images
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ class EvalConfig:
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
-    memorisation_threshold: float = 0.1  # RMS pixel distance in [-1, 1] units
-    memorisation_ratio: float = 0.5  # ... and closer than this share of the mean distance to the 50 nearest
+    memorisation_threshold: float = MEMO_THRESHOLD
+    memorisation_ratio: float = MEMO_RATIO
     out: str = "eval.json"
     device: str = "auto"
 
@@ -76,7 +78,8 @@ def real_reference(evaluator: Evaluator, data: str, size: int) -> RealReference:
 
 
 def score(samples: torch.Tensor, labels: torch.Tensor, evaluator: Evaluator, real: RealReference,
-          threshold: float, ratio: float | None = 0.5, generator: torch.Generator | None = None) -> dict:
+          threshold: float = MEMO_THRESHOLD, ratio: float | None = MEMO_RATIO,
+          generator: torch.Generator | None = None) -> dict:
     """Every metric of ``samples`` ``[N, 3, H, W]`` in ``[-1, 1]`` generated for classes ``labels``."""
     feats, logits = evaluator.run(samples)
     g = generator or torch.Generator().manual_seed(0)

@@ -138,10 +138,7 @@ def train_evaluator(config: EvaluatorConfig) -> Evaluator:
     for k, member in enumerate(net.members):
         _train_member(member, images, labels, train_idx, config, config.seed + k, desc=f"evaluator {k + 1}/{config.members}")
     evaluator = Evaluator(net.eval(), dataset.class_names, config.size, {})
-    test_x = make_batch(images, torch.from_numpy(test_idx).to(device))
-    low_x = _resize(_resize(test_x, config.low_size), config.size)
-    accuracy = {f"{config.size}px": _accuracy(evaluator, test_x, labels[test_idx]),
-                f"{config.low_size}px": _accuracy(evaluator, low_x, labels[test_idx])}
+    accuracy = holdout_accuracy(evaluator, images, labels, test_idx, config.low_size)
     evaluator.config = {"format": "tinydiffusion-evaluator", "class_names": list(dataset.class_names),
                         "size": config.size, "width": config.width, "members": config.members,
                         "holdout_accuracy": accuracy,
@@ -197,9 +194,17 @@ def _augment(x: torch.Tensor, config: EvaluatorConfig, g: torch.Generator) -> to
     return torch.where(low[:, None, None, None], x_low, x)
 
 
-def _accuracy(evaluator: Evaluator, x: torch.Tensor, labels: torch.Tensor) -> float:
-    _, logits = evaluator.run(x)
-    return float((logits.argmax(1) == labels.cpu()).double().mean())
+def holdout_accuracy(evaluator: Evaluator, images: torch.Tensor, labels: torch.Tensor, test_idx: np.ndarray,
+                     low_size: int) -> dict[str, float]:
+    """Accuracy on the held-out images ``images[test_idx]`` (uint8 ``[N, 3, size, size]``) as they are and
+    after a trip through ``low_size`` and back: ``{"32px": …, "16px": …}``."""
+    x = make_batch(images, torch.from_numpy(test_idx).to(images.device))
+    y = labels[torch.from_numpy(test_idx).to(labels.device)].cpu()
+    accuracy = {}
+    for name, batch in ((f"{evaluator.size}px", x), (f"{low_size}px", _resize(_resize(x, low_size), evaluator.size))):
+        _, logits = evaluator.run(batch)
+        accuracy[name] = float((logits.argmax(1) == y).double().mean())
+    return accuracy
 
 
 def load_evaluator(path: str | Path) -> Evaluator:
