@@ -44,7 +44,7 @@ def add_commands(commands, given) -> None:
     t = sub.add_parser("train", help="train an evaluator on a labelled data set with a held-out split")
     t.add_argument("--data", help="labelled data (default sprites)")
     t.add_argument("--out", help="output folder (default runs/evaluator)")
-    t.add_argument("--epochs", type=int, help="passes over the training split per member (default 60)")
+    t.add_argument("--epochs", type=int, help="passes over the training split per member (default 100)")
     t.add_argument("--size", type=int, help="input size in pixels (default 32)")
     t.add_argument("--low-size", type=int, help="also train on images shrunk to this size (default 16)")
     t.add_argument("--holdout", type=float, help="held-out fraction per class (default 0.2)")
