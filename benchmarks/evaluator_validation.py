@@ -17,8 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from tinydiffusion.data import as_tensor, load_dataset, make_batch
-from tinydiffusion.evaluator import EvaluatorConfig, EvaluatorNet, _resize, _train_member, split
+from tinydiffusion.data import as_tensor, load_dataset
+from tinydiffusion.evaluator import Ensemble, Evaluator, EvaluatorConfig, _train_member, holdout_accuracy, split
 
 
 def validation_split(labels, config: EvaluatorConfig) -> tuple:
@@ -33,13 +33,10 @@ def validation_accuracy(config: EvaluatorConfig, seed: int) -> dict:
     fit, val = validation_split(data.labels, config)
     images, labels = as_tensor(data.images), torch.from_numpy(data.labels)
     torch.manual_seed(seed)
-    net = EvaluatorNet(len(data.class_names), config.width)
+    net = Ensemble(len(data.class_names), config.width, members=1)
     t0 = time.perf_counter()
-    _train_member(net, images, labels, fit, config, seed, desc=f"epochs {config.epochs} width {config.width}")
-    x, y = make_batch(images, torch.from_numpy(val)), labels[torch.from_numpy(val)]
-    with torch.inference_mode():
-        acc = {f"{s}px": float((net(_resize(_resize(x, s), config.size)).argmax(1) == y).double().mean())
-               for s in (config.size, config.low_size)}
+    _train_member(net.members[0], images, labels, fit, config, seed, desc=f"epochs {config.epochs} width {config.width}")
+    acc = holdout_accuracy(Evaluator(net, data.class_names, config.size, {}), images, labels, val, config.low_size)
     return {"epochs": config.epochs, "width": config.width, "seed": seed, "validation_accuracy": acc,
             "fit_images": int(len(fit)), "validation_images": int(len(val)),
             "seconds": round(time.perf_counter() - t0), "threads": torch.get_num_threads()}
