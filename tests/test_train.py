@@ -25,7 +25,7 @@ def test_tiny_model_loss_falls_on_a_tiny_data_set(shapes_npz, tmp_path):
     result = train(_config(shapes_npz, tmp_path / "run", steps=60, log_every=10))
     losses = _losses(tmp_path / "run")
     assert result.step == 60 and sorted(losses) == [10, 20, 30, 40, 50, 60]
-    assert losses[60] < 0.6 * losses[10]
+    assert losses[60] < 0.75 * losses[10]  # 0.53–0.64 over seeds 0–4
     for name in ("config.json", "metrics.csv", "state.pt", "model/config.json", "model/model.safetensors",
                  "samples/final.png"):
         assert (tmp_path / "run" / name).exists(), name

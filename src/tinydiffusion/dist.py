@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 import torch
+
+R = TypeVar("R")
+# How long a collective waits for a rank that stopped answering before it raises (gloo and NCCL
+# alike), so the other ranks exit with an error instead of hanging; TINYDIFFUSION_DIST_TIMEOUT overrides.
+DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,25 @@ def setup(device: str = "auto") -> DistInfo:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # NCCL only notices a dead peer with async error handling on (torch's default since 2.2; set it
+        # anyway, it must be in the environment before the group exists); gloo raises on a closed socket
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        timeout = datetime.timedelta(seconds=timeout_seconds())
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def timeout_seconds() -> float:
+    from .errors import bad_value
+
+    text = os.environ.get("TINYDIFFUSION_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 86400:
+        raise bad_value("TINYDIFFUSION_DIST_TIMEOUT", text, "seconds in [1, 86400]")
+    return value
 
 
 def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
@@ -92,3 +116,35 @@ def barrier(info: DistInfo) -> None:
 def teardown(info: DistInfo) -> None:
     if info.world > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def agree(decide: Callable[[], R], info: DistInfo) -> R:
+    """Run ``decide()`` on rank 0 only and hand every rank the same answer, or the same ``UsageError``.
+
+    Decisions about files (is the folder free? is there a state to resume?) are made once, by the
+    rank that writes, so no rank can go on alone while another refuses.
+    """
+    from .errors import UsageError
+
+    if info.world == 1:
+        return decide()
+    answer: list = [None]
+    if info.is_main:
+        try:
+            answer[0] = (True, decide())
+        except UsageError as e:
+            answer[0] = (False, str(e))
+    torch.distributed.broadcast_object_list(answer, src=0)
+    ok, value = answer[0]
+    if not ok:
+        raise UsageError(value)
+    return value
+
+
+def all_max(values: Sequence[float], info: DistInfo) -> list[float]:
+    """The element-wise maximum over ranks (one small all-reduce): how ranks share a clock and stop flags."""
+    if info.world == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(list(values), dtype=torch.float64, device=info.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()

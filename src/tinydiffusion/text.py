@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .errors import UsageError, bad_value
 
 ENCODER = "all-MiniLM-L6-v2"

@@ -2,101 +2,48 @@
 
 AdamW with warm-up and cosine decay, gradient clipping, EMA weights (sampled and exported), a
 step/epoch/minute budget, fixed-seed sample grids, ``metrics.csv``, an atomic training state
-and an exact ``resume``. Reads torchrun's environment; one process is the ordinary case.
+and an exact resume from any stop. Reads torchrun's environment; one process is the ordinary case.
+
+Guarantees (README, "Design"): the state on disk is always one consistent step; every random
+draw is a function of (seed, step, rank) or (seed, epoch), so a resume is bitwise equal to the
+run that never stopped; every decision that depends on time or signals is taken once for all ranks.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
-from . import dist
-from .dist import autocast
+from . import dist, runlock
 from .checkpoint import export_model, load_state, save_state
 from .conditioning import dataset_contexts
 from .data import as_tensor, load_dataset, make_batch
-from .errors import bad_value
+from .dist import autocast
+from .errors import UsageError, bad_value
+from .files import clean_stale_temps, write_json
 from .images import save_grid, to_uint8
-from .loss import PREDICTIONS, diffusion_loss
+from .interrupts import deferred_stop
+from .loss import diffusion_loss
 from .models import build_model, count_parameters, preset
 from .pipeline import Pipeline
 from .runlog import MetricsLog, progress_bar
 from .schedule import Schedule
+from .trainconfig import BUDGET, DEFAULT_MINUTES, TrainConfig, resumed_config  # noqa: F401  (re-exported)
 
-DEFAULT_MINUTES = 3.0
-CONTEXTS = ("class", "text", "vector", "none")
-BUDGET = ("steps", "epochs", "minutes")
+STATE_FORMAT = 2
+_DATA, _LOSS = 1, 2  # stream tags: data order per epoch; timesteps, noise, flips and dropout per step
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    out: str = "runs/train"
-    data: str = "sprites"
-    labels: str | None = None
-    class_names: tuple[str, ...] | None = None
-    skip_bad_files: bool = False
-    context: str = "class"  # "class" (one-hot labels), "text" (caption embeddings), "vector" (a file), "none"
-    encoder: str = "minilm"  # the text encoder for --context text ("minilm" or "hash")
-    context_file: str | None = None  # for --context vector: an .npy array [N, D], one row per image
-    model: str = "small"
-    image_size: int = 16
-    schedule: str = "linear"
-    T: int = 500
-    zero_terminal_snr: bool | None = None  # None: on for v and x0 prediction, off for eps
-    prediction: str = "v"
-    snr_gamma: float | None = None
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    p_uncond: float = 0.1
-    flip: bool = True
-    balance: bool = True
-    steps: int | None = None
-    epochs: float | None = None
-    minutes: float | None = None
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    log_every: int = 25
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"  # "bf16": autocast the network (CPUs with bf16 support, and GPUs)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "T", "sample_every", "checkpoint_every", "log_every", "image_size"):
-            if getattr(self, name) < 1:
-                raise bad_value(name, getattr(self, name), "a positive integer")
-        for name in BUDGET:
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise bad_value(name, value, "a positive number")
-        if not 0 <= self.p_uncond < 1:
-            raise bad_value("p_uncond", self.p_uncond, "a probability in [0, 1)")
-        if not 0 <= self.ema_decay < 1:
-            raise bad_value("ema_decay", self.ema_decay, "a number in [0, 1)")
-        if self.prediction not in PREDICTIONS:
-            raise bad_value("prediction", self.prediction, f"one of {', '.join(PREDICTIONS)}")
-        if self.context not in CONTEXTS:
-            raise bad_value("context", self.context, f"one of {', '.join(CONTEXTS)}")
-        if (self.context == "vector") != (self.context_file is not None):
-            raise bad_value("context_file", self.context_file, "an .npy file exactly when --context vector")
-        if self.schedule not in ("linear", "cosine"):
-            raise bad_value("schedule", self.schedule, "'linear' or 'cosine'")
-        if self.zero_terminal_snr and self.prediction == "eps":
-            raise bad_value("prediction", "eps", "v or x0 with --zero-terminal-snr (at zero SNR an eps "
-                            "prediction says nothing about the image)")
-        if self.precision not in ("fp32", "bf16"):
-            raise bad_value("precision", self.precision, "'fp32' or 'bf16'")
-        if self.lr <= 0:
-            raise bad_value("lr", self.lr, "a positive learning rate")
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite; the last good state is kept, nothing is exported."""
 
 
 @dataclass(frozen=True)
@@ -107,17 +54,85 @@ class TrainResult:
     seconds: float
     loss: float
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = False,
+          notify: Callable[[str], None] | None = None) -> TrainResult:
+    """Train into ``config.out``. ``resume``: False (a new run), True (continue; the state must exist)
+    or ``"auto"`` (continue when a state exists, else start fresh). ``overwrite`` moves an existing
+    run aside instead of refusing. ``notify`` receives one-line notices as they happen."""
+    if resume not in (False, True, "auto"):
+        raise bad_value("resume", resume, "False, True or 'auto'")
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        if notify:
+            notify(text)
+
     out = Path(config.out)
-    state = load_state(out / "state.pt") if resume else None
-    if state is not None:
-        config = _resumed_config(state["config"], config)
-    if not any(getattr(config, k) for k in BUDGET):
-        config = replace(config, minutes=DEFAULT_MINUTES)
     info = dist.setup(config.device)
-    torch.manual_seed(config.seed)
+    if info.world > 1 and config.batch_size % info.world:
+        raise bad_value("batch_size", config.batch_size, f"a multiple of the {info.world} processes (it is the "
+                        f"global batch, split evenly across them)")
+    if resume is False and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"  # torchrun restarted the workers: continue the run this job started
+    holder: list = []
+    existed = out.exists()
+    mode = dist.agree(lambda: _claim(out, resume, overwrite, holder, note), info)
+    try:
+        return _train(config, out, mode, info, holder, note, notes)
+    finally:
+        if holder:
+            holder[-1].release()
+            if not existed:
+                _remove_empty(out)  # a run that failed before writing anything leaves no folder behind
+
+
+def _claim(out: Path, resume, overwrite: bool, holder: list, note) -> str:
+    """Rank 0 decides what this run does with ``out``: ``resume``, ``fresh`` or ``overwrite`` (or refuses)."""
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise bad_value("out", str(out), "a folder for the run (that path is a file)")
+    stale: list[str] = []
+    lock = runlock.acquire(out, stale)  # refuses if another trainer owns it; a dead one's lock is taken over
+    for text in stale:
+        note(text)
+    has_state, has_run = (out / "state.pt").is_file(), runlock.holds_run(out)
+    try:
+        if resume is True and not has_state:
+            raise UsageError(f"training state {out / 'state.pt'} does not exist (nothing to resume); "
+                             f"drop --resume to start a new run, or use --resume auto")
+        if has_state and resume:
+            holder.append(lock)
+            return "resume"
+        if has_run and not (overwrite or (resume == "auto" and not (out / "model").exists())):
+            what = "a training state" if has_state else "an exported model" if (out / "model").exists() else "a run"
+            raise UsageError(f"run folder {out} already holds {what}; continue it with --resume, pass --overwrite "
+                             f"to move it aside (to {out.name}.old-<time>), or choose another --out")
+    except UsageError:
+        lock.release()
+        if not existed:
+            _remove_empty(out)
+        raise
+    holder.append(lock)
+    if resume == "auto":
+        note(f"no training state in {out}: starting a fresh run")
+    return "overwrite" if has_run and overwrite else "fresh"
+
+
+def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks: list, note, notes) -> TrainResult:
+    state = _read_state(out / "state.pt") if mode == "resume" else None
+    if state is not None:
+        config = resumed_config(state["config"], config, str(out / "state.pt"))
+        if state["world"] != info.world:
+            note(f"resuming a run of {state['world']} process(es) on {info.world}: the global batch stays "
+                 f"{config.batch_size} ({config.batch_size // info.world} per process); each process's random "
+                 f"stream is derived from the seed, the step and its rank")
+        if config.batch_size % info.world:
+            raise bad_value("batch_size", config.batch_size, f"a multiple of the {info.world} processes")
+    config = config.with_budget()
 
     # ---------------------------------------------------------------- data and model
     dataset = load_dataset(config.data, labels=config.labels, class_names=list(config.class_names or []) or None,
@@ -130,119 +145,212 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     zero_terminal = config.zero_terminal_snr if config.zero_terminal_snr is not None else config.prediction != "eps"
     schedule = schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
     model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T)
+    torch.manual_seed(config.seed)  # the initial weights
     model = build_model(model_config).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = dist.wrap(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    g_data = torch.Generator().manual_seed(config.seed)  # the same data order on every rank
-    g_loss = torch.Generator().manual_seed(config.seed * 1000 + 1 + info.rank)  # noise, steps, flips
     weights = _class_weights(dataset.labels) if config.balance and dataset.labels is not None else None
-    order, pos, epoch, step, elapsed = _epoch_order(len(dataset), weights, g_data), 0, 0, 0, 0.0
+    step, epoch, pos, elapsed, nonfinite, restarts = 0, 0, 0, 0.0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        g_data.set_state(state["g_data"])
-        g_loss.set_state(state["g_loss"])
-        order, pos, epoch, step, elapsed = state["order"], state["pos"], state["epoch"], state["step"], state["elapsed"]
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"training state {out / 'state.pt'} does not fit this run's model: {str(e)[:300]}") from None
+        step, epoch, pos, elapsed = state["step"], state["epoch"], state["pos"], state["elapsed"]
+        nonfinite, restarts = state["nonfinite_total"], state["restarts"] + 1
+        note(f"resuming {out} at step {step} ({elapsed:.0f} s trained)")
+    order = _epoch_order(len(dataset), weights, config.seed, epoch)
 
     export_config = {"format": "tinydiffusion-model", "version": _version(), "model": model_config.to_dict(),
                      "schedule": schedule.to_dict(), "context": spec.to_dict(), "prediction": config.prediction,
                      "examples": examples,
                      "training": {"data": config.data, "seed": config.seed, "config": asdict(config)}}
-    total_steps = _total_steps(config, len(dataset), info.world)
+    total_steps = _total_steps(config, len(dataset))
     budget_s = 60.0 * config.minutes if config.minutes else None
-    global_batch = config.batch_size * info.world
-    main = info.is_main
+    B, main = config.batch_size, info.is_main
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", {"train": asdict(config), "model": model_config.to_dict(),
-                                          "parameters": count_parameters(model), "dataset": dataset.counts()})
-    metrics = MetricsLog(out / "metrics.csv", append=state is not None) if main else None
+        if mode == "overwrite":
+            locks.append(_replace_run(out, locks[-1], note))
+        for folder in (out, out / "model", out / "samples"):
+            clean_stale_temps(folder)  # left by a writer killed mid-write; we hold the lock, nobody else writes
+        write_json(out / "config.json", {"train": asdict(config), "model": model_config.to_dict(), "world": info.world,
+                                         "parameters": count_parameters(model), "dataset": dataset.counts()})
+    metrics = MetricsLog(out / "metrics.csv", keep_until_step=step) if main else None
     bar = progress_bar(total_steps, budget_s, step, elapsed, enabled=main and config.progress)
     preview = Pipeline(ema, schedule, spec, export_config, config.prediction)
+    saved_step = [step if state is not None else None]
 
-    def snapshot() -> dict:
-        """Where the data and the random streams stand between two steps (a Ctrl-C mid-step resumes here)."""
-        return {"step": step, "elapsed": elapsed, "epoch": epoch, "pos": pos, "order": order,
-                "g_data": g_data.get_state(), "g_loss": g_loss.get_state()}
+    def position() -> dict:
+        return {"step": step, "epoch": epoch, "pos": pos, "elapsed": elapsed, "nonfinite_total": nonfinite}
 
-    def checkpoint(position: dict) -> None:
-        if main:
-            save_state(out / "state.pt", {"config": asdict(config), **position, "model": model.state_dict(),
-                                          "ema": ema.state_dict(), "optimizer": optimizer.state_dict()})
+    def checkpoint(where: dict) -> None:
+        """Rank 0 writes the state of ``where`` (the weights must belong to it); never non-finite weights."""
+        if not main:
+            return
+        if not (_finite(model) and _finite(ema)):
+            raise TrainingDiverged(f"the weights became non-finite by step {where['step']} (is --lr too high?); "
+                                   f"{_kept(saved_step[0], out)}; no model was exported")
+        kept = f"the previous state at step {saved_step[0]} is intact" if saved_step[0] is not None else \
+            "no earlier state existed"
+        save_state(out / "state.pt", {"format": STATE_FORMAT, "config": asdict(config), **where, "world": info.world,
+                                      "global_batch": B, "restarts": restarts, "model": model.state_dict(),
+                                      "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}, kept=kept)
+        saved_step[0] = where["step"]
 
     # ---------------------------------------------------------------- the loop
-    interrupted, window, window_s, last_loss, t_last = False, [], 0.0, math.nan, time.perf_counter()
+    interrupted, consistent, saving, bad_run, last_loss = False, True, False, 0, math.nan
+    window, window_steps, window_s = [], 0, 0.0
+    last_save, t0, lr = elapsed, time.perf_counter() - elapsed, config.lr
+
+    def log(at_elapsed: float) -> float:
+        """One metrics row for the steps since the last one (a collective: every rank calls it alike)."""
+        nonlocal window, window_steps, window_s
+        mean = dist.all_mean(sum(window) / len(window) if window else math.nan, info)
+        rate = window_steps * B / max(window_s, 1e-9)
+        if metrics:
+            metrics.write(step, epoch, mean, lr, rate, at_elapsed, nonfinite, restarts)
+        bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}", step=step, refresh=False)
+        window, window_steps, window_s = [], 0, 0.0
+        return mean
     model.train()
-    position = snapshot()
-    try:
-        while not _done(step, elapsed, total_steps, budget_s):
-            if pos + global_batch > len(order):  # next epoch: a fresh order, the tail is dropped
-                order, pos, epoch = _epoch_order(len(dataset), weights, g_data), 0, epoch + 1
-            t_start = time.perf_counter()
-            idx = order[pos:pos + global_batch][info.rank::info.world]
-            progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
-            lr = _learning_rate(config, step, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x0 = make_batch(images, idx.to(info.device), flip=config.flip, generator=g_loss)
-            c = None if contexts is None else contexts[idx.to(info.device)]
-            with autocast(info.device, config.precision):
-                loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond, prediction=config.prediction,
-                                      snr_gamma=config.snr_gamma, generator=g_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-            step, pos = step + 1, pos + global_batch
-            now = time.perf_counter()
-            window_s += now - t_start  # training time only: previews and checkpoints are not counted
-            elapsed, t_last = elapsed + (now - t_last), now  # the budget counts everything
-            position = snapshot()
-            window.append(loss.item())
-            if step % config.log_every == 0 or _done(step, elapsed, total_steps, budget_s):
-                last_loss = dist.all_mean(sum(window) / len(window), info)
-                rate = len(window) * global_batch / max(window_s, 1e-9)
-                if metrics:
-                    metrics.write(step, epoch, last_loss, lr, rate, elapsed)
-                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}", step=step, refresh=False)
-                window, window_s = [], 0.0
-            bar.update(1 if bar.by_steps else min(now - bar.last_t, bar.total - bar.n))  # never past the budget
-            bar.last_t = now
-            if main and step % config.sample_every == 0:
-                _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts)
-            if step % config.checkpoint_every == 0:
-                checkpoint(position)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    checkpoint(position)
+    with deferred_stop() as stop:
+        try:
+            while True:
+                # one clock (rank 0's) and one stop flag for every rank, agreed before each step
+                elapsed, stopping = dist.all_max([time.perf_counter() - t0 if main else 0.0, float(bool(stop))], info)
+                if stopping or _done(step, elapsed, total_steps, budget_s):
+                    interrupted = bool(stopping)
+                    break
+                if pos + B > len(order):  # next epoch: a fresh order, the tail is dropped
+                    epoch, pos = epoch + 1, 0
+                    order = _epoch_order(len(dataset), weights, config.seed, epoch)
+                t_start = time.perf_counter()
+                idx = order[pos:pos + B][info.rank::info.world].to(info.device)
+                g = torch.Generator().manual_seed(_stream_seed(config.seed, _LOSS, step, info.rank))
+                progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+                lr = _learning_rate(config, step, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x0 = make_batch(images, idx, flip=config.flip, generator=g)
+                c = None if contexts is None else contexts[idx]
+                with autocast(info.device, config.precision):
+                    loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond,
+                                          prediction=config.prediction, snr_gamma=config.snr_gamma, generator=g)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # the gradient norm is the same on every rank (gradients are averaged, and a non-finite loss
+                # anywhere makes them non-finite everywhere), so every rank skips alike
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+                consistent = False  # from here until the bookkeeping below, weights and step disagree
+                if torch.isfinite(norm) and torch.isfinite(loss.detach()):
+                    optimizer.step()
+                    _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+                    bad_run = 0
+                    window.append(loss.item())
+                else:
+                    nonfinite, bad_run = nonfinite + 1, bad_run + 1
+                step, pos = step + 1, pos + B
+                consistent = True
+                if bad_run >= config.nonfinite_limit:
+                    raise TrainingDiverged(f"{bad_run} consecutive steps (to step {step}) had a non-finite loss or "
+                                           f"gradient and were skipped; {_kept(step, out)}; no model was exported "
+                                           f"(lower --lr, or check the data and contexts)")
+                now = time.perf_counter()
+                window_s, window_steps = window_s + now - t_start, window_steps + 1  # previews/checkpoints not counted
+                if step % config.log_every == 0:
+                    last_loss = log(elapsed)
+                bar.update(1 if bar.by_steps else max(0.0, min(now - bar.last_t, bar.total - bar.n)))
+                bar.last_t = now
+                if main and step % config.sample_every == 0:
+                    _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts)
+                if step % config.checkpoint_every == 0 or elapsed - last_save >= 60 * config.checkpoint_minutes:
+                    saving = True
+                    checkpoint(position())
+                    saving, last_save = False, elapsed
+        except BaseException as e:
+            bar.close()
+            if consistent and not saving:  # a failed save is not retried: the previous state stays
+                _save_on_failure(checkpoint, position(), e, note)
+            if not isinstance(e, KeyboardInterrupt):
+                raise
+            interrupted = True
+        finally:
+            bar.close()
+    if interrupted and not consistent:  # a second Ctrl-C inside a step: the state on disk is the last one
+        dist.teardown(info)
+        return TrainResult(out, out / "model", saved_step[0] or 0, elapsed, last_loss, True, notes)
+    if window_steps and not interrupted:  # the last, partial window of a finished run (the same on all ranks)
+        last_loss = log(elapsed)
+    checkpoint(position())
     if main:
         export_model(out / "model", ema, export_config)
         _sample_grid(preview, out / "samples" / "final.png", config.seed, examples, contexts)
     dist.barrier(info)
     dist.teardown(info)
-    return TrainResult(out, out / "model", step, elapsed, last_loss, interrupted)
+    if interrupted:
+        note(f"stopped by {stop.name or 'SIGINT'} after step {step}; state saved")
+    return TrainResult(out, out / "model", step, elapsed, last_loss, interrupted, notes)
 
 
 # ---------------------------------------------------------------------- helpers
-def _resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
-    """The saved run's settings, with the budget, device and progress bar taken from this call."""
-    known = {f.name for f in fields(TrainConfig)}
-    saved = {k: (tuple(v) if k == "class_names" and v else v) for k, v in saved.items() if k in known}
-    config = TrainConfig(**saved)
-    budget = {k: getattr(given, k) for k in BUDGET} if any(getattr(given, k) for k in BUDGET) else {}
-    return replace(config, out=given.out, device=given.device, progress=given.progress, **budget)
+def _save_on_failure(checkpoint, where: dict, error: BaseException, note) -> None:
+    """Keep the last consistent step on disk when the loop fails; never hide the first error."""
+    try:
+        checkpoint(where)
+    except Exception as e:  # e.g. non-finite weights: the previous state stays, the first error is reported
+        if not isinstance(e, TrainingDiverged):
+            note(f"could not save the state after the error: {e}")
 
 
-def _total_steps(config: TrainConfig, n: int, world: int) -> int | None:
+def _kept(step: int | None, out: Path) -> str:
+    return f"the last good state (step {step}) is kept in {out / 'state.pt'}" if step is not None else \
+        "no state had been saved yet"
+
+
+def _read_state(path: Path) -> dict:
+    state = load_state(path)
+    need = {"format": int, "config": dict, "step": int, "epoch": int, "pos": int, "elapsed": float, "world": int,
+            "nonfinite_total": int, "restarts": int, "model": dict, "ema": dict, "optimizer": dict}
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UsageError(f"training state {path} is not a format-{STATE_FORMAT} tinydiffusion state (written by "
+                         f"another version?); start a new run with --overwrite")
+    for key, kind in need.items():
+        if not isinstance(state.get(key), kind) or (kind in (int, float) and not math.isfinite(state[key])):
+            raise UsageError(f"training state {path}: field {key!r} is missing or not a valid {kind.__name__}")
+    return state
+
+
+def _replace_run(out: Path, lock, note):
+    """``--overwrite``: move the old run aside whole (nothing deleted), take the lock in a fresh folder."""
+    moved = runlock.move_aside(out)
+    lock.move(moved)
+    new_lock = runlock.acquire(out, [])
+    lock.release()
+    note(f"--overwrite: moved the previous run to {moved}")
+    return new_lock
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _stream_seed(seed: int, tag: int, *counters: int) -> int:
+    """A 63-bit seed for one random stream, derived from the run's seed and where it is used."""
+    state = np.random.SeedSequence([seed, tag, *counters]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & (2**63 - 1)
+
+
+def _total_steps(config: TrainConfig, n: int) -> int | None:
     if config.steps:
         return config.steps
     if config.epochs:
-        return max(1, math.ceil(config.epochs * n / (config.batch_size * world)))
+        return max(1, math.ceil(config.epochs * n / config.batch_size))
     return None
 
 
@@ -262,10 +370,16 @@ def _class_weights(labels) -> torch.Tensor:
     return (1.0 / torch.bincount(labels).double())[labels]
 
 
-def _epoch_order(n: int, weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+def _epoch_order(n: int, weights: torch.Tensor | None, seed: int, epoch: int) -> torch.Tensor:
+    """The image order of one epoch, the same on every rank and after any resume."""
+    generator = torch.Generator().manual_seed(_stream_seed(seed, _DATA, epoch))
     if weights is None:
         return torch.randperm(n, generator=generator)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.state_dict().values() if p.is_floating_point())
 
 
 @torch.no_grad()
@@ -282,17 +396,14 @@ def _sample_grid(preview: Pipeline, path: Path, seed: int, examples: list, conte
         rows = list(preview.context.names)
     else:  # the cached rows of the example images: no text encoder needed during training
         rows = None if contexts is None or not examples else contexts[[i for i, _ in examples]]
-    images = preview.sample(rows, n=8, seed=seed, sampler="ddim", steps=min(20, preview.schedule.T))
+    images = preview.sample(rows, n=8, seed=min(seed, 2**62), sampler="ddim", steps=min(20, preview.schedule.T))
     save_grid(to_uint8(images), path, ncol=8)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    import json
-
-    path.write_text(json.dumps(data, indent=2, default=list) + "\n")
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "replace"]

@@ -1,0 +1,129 @@
+"""Who owns a run folder: a lock file taken atomically, and what happens to a finished run.
+
+``OUT/.lock`` holds the owner's PID, host, process start time and command, created with
+``O_CREAT | O_EXCL`` so that exactly one trainer wins. A lock whose process is gone (same host,
+PID dead or reused by another program) is stale: it is reported and taken over. A live owner, or
+one on another host, is named in the refusal. ``claim_run`` also decides what may happen to a
+folder that already holds a run: resume it, refuse, or (``overwrite``) move it aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+LOCK = ".lock"
+RUN_FILES = ("state.pt", "config.json", "metrics.csv", "model", "samples")  # what makes a folder a run
+
+
+@dataclass
+class RunLock:
+    path: Path
+    owner: dict
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (a later owner's lock is left alone)."""
+        if read_owner(self.path) == self.owner:
+            self.path.unlink(missing_ok=True)
+
+    def move(self, folder: Path) -> None:
+        self.path = folder / LOCK
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (Linux), so that a reused PID is not taken for the owner."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    started = owner.get("start_time")
+    return started is None or _start_time(pid) in (None, started)
+
+
+def read_owner(path: Path) -> dict | None:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def describe(owner: dict | None) -> str:
+    if not owner:
+        return "an unknown process (the lock file is empty or unreadable)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+    return f"PID {owner.get('pid')} on {owner.get('host')} since {since} ({owner.get('command', '?')})"
+
+
+def acquire(folder: Path, notes: list[str]) -> RunLock:
+    """Take ``folder/.lock`` or refuse, naming its holder; stale locks are reported in ``notes`` and taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid()),
+          "started": time.time(), "command": " ".join(os.path.basename(a) if i == 0 else a
+                                                      for i, a in enumerate(sys.argv))[:200]}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = read_owner(path)
+            fresh = time.time() - _mtime(path) < 10
+            if owner is None and fresh:  # another trainer is between creating and filling it
+                raise UsageError(f"run folder {folder} is being claimed by another process right now "
+                                 f"(lock file {path}); use another --out") from None
+            if owner is not None and owner.get("host") != me["host"]:
+                raise UsageError(f"run folder {folder} is locked by {describe(owner)}; this machine cannot "
+                                 f"check whether it still runs: if it does not, delete {path}") from None
+            if owner is not None and _alive(owner):
+                raise UsageError(f"run folder {folder} is in use by {describe(owner)}; wait for it to finish, "
+                                 f"stop it, or use another --out") from None
+            notes.append(f"removed a stale lock in {folder}: {describe(owner)} is no longer running")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return RunLock(path, json.loads(json.dumps(me)))
+    raise UsageError(f"run folder {folder}: another process took the lock {path} at the same moment; use another --out")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def holds_run(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).exists() for name in RUN_FILES)
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a finished run to ``FOLDER.old-YYYYmmdd-HHMMSS`` (nothing is deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.old-{stamp}")
+    k = 1
+    while target.exists():
+        target, k = folder.with_name(f"{folder.name}.old-{stamp}-{k}"), k + 1
+    os.replace(folder, target)
+    return target
