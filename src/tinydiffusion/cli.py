@@ -60,11 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- train
 def _add_train(commands) -> None:
+    from .cli_types import finite_float
+
     p = commands.add_parser("train", help="train a model (default: the embedded sprites, 3 minutes)",
                             description="Train a diffusion model. Everything of a run goes under --out; the EMA "
                                         "model is exported to OUT/model at the end (or on Ctrl-C).")
     p.add_argument("--out", default="runs/train", help="run folder (default: runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
+                   help="continue the run in --out exactly where it stopped; '--resume auto' starts a fresh run "
+                        "when there is no state yet (for torchrun --max-restarts)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out already holds a run, move it aside (to OUT.old-<time>) and start a new one")
     g = p.add_argument_group("data")
     g.add_argument("--data", help="'sprites' (default, embedded), 'emoji', a folder with one sub-folder per class, "
                                   "an .npz, or the course's images .npy")
@@ -89,23 +95,27 @@ def _add_train(commands) -> None:
     g.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=None,
                    help="rescale the schedule so its last step is pure noise (default: on for v and x0, "
                         "off for eps, which cannot use it)")
-    g.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (e.g. 5)")
+    g.add_argument("--snr-gamma", type=finite_float, help="Min-SNR-gamma loss weighting (e.g. 5)")
     g = p.add_argument_group("optimisation")
-    for flag, kind, text in [("--batch-size", int, "images per step (default 32)"),
-                             ("--lr", float, "peak AdamW learning rate (default 2e-3)"),
+    for flag, kind, text in [("--batch-size", int, "images per optimizer step, all processes together (the global "
+                                                    "batch; under torchrun split evenly across them; default 32)"),
+                             ("--lr", finite_float, "peak AdamW learning rate (default 2e-3)"),
                              ("--warmup", int, "warm-up steps (default 100)"),
-                             ("--weight-decay", float, "AdamW weight decay (default 0)"),
-                             ("--grad-clip", float, "gradient norm clip (default 1)"),
-                             ("--ema-decay", float, "EMA decay of the exported weights (default 0.995)"),
-                             ("--p-uncond", float, "probability of dropping the context (default 0.1)")]:
+                             ("--weight-decay", finite_float, "AdamW weight decay (default 0)"),
+                             ("--grad-clip", finite_float, "gradient norm clip (default 1; 0 turns it off)"),
+                             ("--ema-decay", finite_float, "EMA decay of the exported weights (default 0.995)"),
+                             ("--p-uncond", finite_float, "probability of dropping the context (default 0.1)")]:
         g.add_argument(flag, type=kind, help=text)
     g = p.add_argument_group("budget (the first reached stops training; default 3 minutes)")
     g.add_argument("--steps", type=int, help="optimizer steps")
-    g.add_argument("--epochs", type=float, help="passes over the data")
-    g.add_argument("--minutes", type=float, help="wall-clock minutes")
+    g.add_argument("--epochs", type=finite_float, help="passes over the data")
+    g.add_argument("--minutes", type=finite_float, help="wall-clock minutes")
     g = p.add_argument_group("run")
     g.add_argument("--sample-every", type=int, help="write a sample grid every N steps (default 500)")
     g.add_argument("--checkpoint-every", type=int, help="save the training state every N steps (default 500)")
+    g.add_argument("--checkpoint-minutes", type=finite_float, help="and at least every M minutes (default 5)")
+    g.add_argument("--nonfinite-limit", type=int, help="stop after N consecutive steps with a non-finite loss or "
+                                                       "gradient (each is skipped; default 10)")
     g.add_argument("--log-every", type=int, help="metrics.csv row every N steps (default 25)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -118,35 +128,41 @@ def _train(args) -> int:
     from .train import TrainConfig, train
 
     config = TrainConfig(**_given(args, TrainConfig))
-    result = train(config, resume=args.resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
-        return 0
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
+    notify = (lambda text: print(text, file=sys.stderr, flush=True)) if main_rank else None
+    resume = {"yes": True, "auto": "auto", None: False}[args.resume]
+    result = train(config, resume=resume, overwrite=args.overwrite, notify=notify)
+    if not main_rank:
+        return EXIT_INTERRUPTED if result.interrupted else 0
     print(f"trained {result.step} steps in {result.seconds:.0f} s (last loss {result.loss:.4f})")
     print(f"  model:    {result.model_dir}   (sample it: tinydiffusion sample {result.model_dir})")
     print(f"  samples:  {result.out / 'samples'}")
     print(f"  metrics:  {result.out / 'metrics.csv'}")
     print(f"  state:    {result.out / 'state.pt'}")
     if result.interrupted:
-        print(f"interrupted: state saved; continue with: tinydiffusion train --out {result.out} --resume")
+        print(f"interrupted: state saved at step {result.step}; continue with: tinydiffusion train --out "
+              f"{result.out} --resume")
         return EXIT_INTERRUPTED
     return 0
 
 
 # ---------------------------------------------------------------------- sample
 def _add_sample(commands) -> None:
+    from .cli_types import finite_float, finite_floats
+
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
     p.add_argument("model", help="a shipped model (sprites, emoji) or an exported model folder (e.g. runs/train/model)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm (default), ddim, dpmpp_2m or euler")
     p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim and "
                                              "euler, 20 for dpmpp_2m)")
-    p.add_argument("--eta", type=float, help="ddim noise, 0 (deterministic, default) to 1")
+    p.add_argument("--eta", type=finite_float, help="ddim noise, 0 (deterministic, default) to 1")
     p.add_argument("--variance", choices=["large", "small"], help="ddpm noise level: beta_t (large) or beta~_t")
     p.add_argument("--no-extra-noise", dest="extra_noise", action="store_false", default=None,
                    help="ddpm without the added noise (shows the collapse to the data average)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none; 2–5 typical)")
-    p.add_argument("--guidance-rescale", type=float, help="guidance rescale phi in [0, 1] (default 0)")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default 1 = none; 2–5 typical)")
+    p.add_argument("--guidance-rescale", type=finite_float, help="guidance rescale phi in [0, 1] (default 0)")
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
     p.add_argument("--prediction", choices=["eps", "x0", "v"],
                    help="refuse the model unless it was trained for this target")
@@ -158,7 +174,7 @@ def _add_sample(commands) -> None:
     p.add_argument("--prompt", dest="contexts", action="append",
                    help="a text prompt for a text-conditioned model (same as --context); repeat for more rows")
     p.add_argument("--prompt-to", help="interpolate from the one --prompt to this prompt, at the --mix weights")
-    p.add_argument("--mix", type=_floats, help="comma-separated weights for --prompt-to, e.g. 0,0.25,0.5,0.75,1")
+    p.add_argument("--mix", type=finite_floats, help="comma-separated weights for --prompt-to, e.g. 0,0.25,0.5,0.75,1")
     p.add_argument("--context-file", help="an .npy of context vectors [K, D] for a vector-conditioned model")
     p.add_argument("--n", type=int, help="images per row (default 8)")
     p.add_argument("--seed", type=int, help="seed of the first column (default 0)")
@@ -178,6 +194,8 @@ def _sample(args) -> int:
         if key in values:
             values[key] = tuple(values[key])
     result = sample_to_files(SampleConfig(**values))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the ranks share the work; the first one reports
+        return 0
     per_image = result.seconds / result.count
     print(f"{result.count} images with {values.get('sampler', 'ddpm')}, {result.nfe} network evaluations each: "
           f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
@@ -196,6 +214,22 @@ def _add_data(commands) -> None:
     info.add_argument("--class-names", type=_names, help="comma-separated class names")
     info.add_argument("--skip-bad-files", action="store_true", help="skip and count unreadable images")
     info.set_defaults(handler=_data_info)
+    pack = sub.add_parser("pack", help="write a data set as one uncompressed .npy that training reads from disk",
+                          description="Pack any data source into an uncompressed uint8 N×S×S×3 .npy (OUT) with its "
+                                      "labels, class names and captions beside it in OUT's NAME.meta.npz. Training "
+                                      "and data info read it memory-mapped, so a set larger than RAM trains from "
+                                      "disk. Folders are read image by image, never held whole.")
+    pack.add_argument("data", help="as for train --data: sprites, emoji, a folder of class sub-folders, an .npz, "
+                                   "or an images .npy (with --labels)")
+    pack.add_argument("--out", required=True, help="the .npy to write, e.g. data.npy (refused if it exists)")
+    pack.add_argument("--image-size", "--size", dest="image_size", type=int,
+                      help="side of the packed images in pixels (default: the source's; 32 for a folder); "
+                           "train with the same --image-size to read them from disk")
+    pack.add_argument("--labels", help="the course's one-hot labels .npy for an images .npy")
+    pack.add_argument("--class-names", type=_names, help="comma-separated class names for --labels columns")
+    pack.add_argument("--skip-bad-files", action="store_true", help="skip and count unreadable images")
+    pack.add_argument("--overwrite", action="store_true", help="replace OUT (and its .meta.npz) if they exist")
+    pack.set_defaults(handler=_data_pack)
     p.set_defaults(handler=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
 
@@ -203,7 +237,8 @@ def _data_info(args) -> int:
     from .data import load_dataset
 
     d = load_dataset(args.data, labels=args.labels, class_names=args.class_names, skip_bad_files=args.skip_bad_files)
-    print(f"{d.name}: {len(d)} images, {d.size}×{d.size} RGB" + (f", {d.skipped} bad files skipped" if d.skipped else ""))
+    print(f"{d.name}: {len(d)} images, {d.size}×{d.size} RGB" + (f", {d.skipped} bad files skipped" if d.skipped else "")
+          + (" (packed: read from disk, memory-mapped)" if d.mapped else ""))
     counts = d.counts()
     width = max([len(n) for n in counts] + [5])
     for name, count in counts.items():
@@ -215,18 +250,25 @@ def _data_info(args) -> int:
     return 0
 
 
+def _data_pack(args) -> int:
+    from .data import pack_dataset, sidecar
+
+    d = pack_dataset(args.data, args.out, labels=args.labels, class_names=args.class_names, size=args.image_size,
+                     skip_bad_files=args.skip_bad_files, overwrite=args.overwrite)
+    megabytes = d.images.nbytes / 2**20
+    print(f"packed {len(d)} images, {d.size}×{d.size} RGB ({megabytes:.0f} MiB) into {args.out}"
+          + (f", {len(d.class_names)} classes" if d.labels is not None else ", no class labels")
+          + (f", {d.skipped} bad files skipped" if d.skipped else ""))
+    print(f"  labels, class names, captions: {sidecar(args.out)}")
+    print(f"  train from disk: tinydiffusion train --data {args.out} --image-size {d.size}")
+    return 0
+
+
 # ---------------------------------------------------------------------- helpers
 def _given(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
     """The options the user set (argparse defaults are None), keyed by the config's field names."""
     names = {f.name for f in fields(config_type)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1, got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
