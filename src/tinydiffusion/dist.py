@@ -74,8 +74,28 @@ def setup(device: str = "auto") -> DistInfo:
         # anyway, it must be in the environment before the group exists); gloo raises on a closed socket
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         timeout = datetime.timedelta(seconds=timeout_seconds())
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = _attempt_store(world, timeout)
+        if store is None:
+            torch.distributed.init_process_group(backend, timeout=timeout)
+        else:
+            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def _attempt_store(world: int, timeout: datetime.timedelta):
+    """Under torchrun's agent store, a store whose keys belong to this restart attempt only.
+
+    After ``--max-restarts`` relaunches the workers, torch reuses the agent's store, which still
+    holds the first attempt's gloo addresses; a restarted rank that reads one connects to a dead
+    peer ("Connection refused", about 4 times in 5 on one machine). A per-attempt prefix avoids it.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"tinydiffusion/attempt_{attempt}", store)
 
 
 def timeout_seconds() -> float:

@@ -39,6 +39,9 @@ from .schedule import Schedule
 from .trainconfig import BUDGET, DEFAULT_MINUTES, TrainConfig, resumed_config  # noqa: F401  (re-exported)
 
 STATE_FORMAT = 2
+# Tests only: "RANK:STEP:ACTION" makes that rank fail before that step, on a job's first attempt
+# (ACTION: raise, kill, or sleep=SECONDS), to prove what survives a failing or late process.
+FAULT_ENV = "TINYDIFFUSION_TEST_FAULT"
 _DATA, _LOSS = 1, 2  # stream tags: data order per epoch; timesteps, noise, flips and dropout per step
 
 
@@ -227,6 +230,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
                 if pos + B > len(order):  # next epoch: a fresh order, the tail is dropped
                     epoch, pos = epoch + 1, 0
                     order = _epoch_order(len(dataset), weights, config.seed, epoch)
+                _test_fault(info.rank, step)
                 t_start = time.perf_counter()
                 idx = order[pos:pos + B][info.rank::info.world].to(info.device)
                 g = torch.Generator().manual_seed(_stream_seed(config.seed, _LOSS, step, info.rank))
@@ -303,6 +307,23 @@ def _save_on_failure(checkpoint, where: dict, error: BaseException, note) -> Non
     except Exception as e:  # e.g. non-finite weights: the previous state stays, the first error is reported
         if not isinstance(e, TrainingDiverged):
             note(f"could not save the state after the error: {e}")
+
+
+def _test_fault(rank: int, step: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    want_rank, want_step, action = spec.split(":", 2)
+    if (int(want_rank), int(want_step)) != (rank, step):
+        return
+    if action == "raise":
+        raise RuntimeError(f"{FAULT_ENV}: rank {rank} fails at step {step}")
+    if action == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("sleep="):
+        time.sleep(float(action.split("=", 1)[1]))
 
 
 def _kept(step: int | None, out: Path) -> str:
