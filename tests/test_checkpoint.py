@@ -92,3 +92,75 @@ def test_pipeline_refuses_wrong_context_width(tmp_path):
         pipe.sample(torch.zeros(2, 4), steps=2)
     with pytest.raises(UsageError, match="sampler='plms'"):
         pipe.sample("a", sampler="plms")
+
+
+# ---------------------------------------------------------------------- config.json schema (W2-1)
+def test_schema_tables_match_the_code():
+    from tinydiffusion import modelfile
+    from tinydiffusion.context import KINDS
+    from tinydiffusion.loss import PREDICTIONS
+    from tinydiffusion.models import ARCHS, ModelConfig
+
+    assert modelfile.ARCHS == ARCHS and modelfile.KINDS == KINDS and tuple(modelfile.PREDICTIONS) == tuple(PREDICTIONS)
+    assert set(modelfile.MODEL) == set(ModelConfig().to_dict())
+    assert set(Schedule.linear(10).to_dict()) <= set(modelfile.SCHEDULE) >= set(Schedule.cosine(10).to_dict())
+    assert set(ContextSpec().to_dict()) == set(modelfile.CONTEXT)
+
+
+@pytest.mark.parametrize("folder", ["models/sprites", "models/emoji", "evaluators/sprites"])
+def test_shipped_configs_pass_the_schema(folder):
+    from importlib import resources
+
+    from tinydiffusion.modelfile import check_config, read_json
+
+    path = resources.files("tinydiffusion") / "assets" / folder / "config.json"
+    check_config(read_json(path), path)
+
+
+def test_export_refuses_a_config_it_could_not_read_back(tmp_path):
+    net = build_model(preset("tiny", image_size=8, context_width=3, T=40))
+    config = {"model": preset("tiny", image_size=8, context_width=3, T=40).to_dict(),
+              "schedule": Schedule.linear(40).to_dict(), "context": ContextSpec.classes(["a", "b", "c"]).to_dict()}
+    for bad in ({"prediction": "noise"}, {"schedule": {**config["schedule"], "beta_end": float("nan")}}):
+        with pytest.raises(UsageError, match="prediction|strict JSON"):
+            export_model(tmp_path / "m", net, {**config, **bad})
+        assert not (tmp_path / "m").exists()
+
+
+def test_from_dict_refuses_wrong_types_for_library_callers():
+    from tinydiffusion.models import ModelConfig
+
+    good = preset("tiny").to_dict()
+    with pytest.raises(UsageError, match="model.image_size='16'"):
+        ModelConfig.from_dict({**good, "image_size": "16"})
+    with pytest.raises(UsageError, match="unknown field 'heads'"):
+        ModelConfig.from_dict({**good, "heads": 4})
+    with pytest.raises(UsageError, match=r"schedule.kind=\['linear'\]"):
+        Schedule.from_dict({"kind": ["linear"], "T": 10})
+    with pytest.raises(UsageError, match="context.names='abc'"):
+        ContextSpec.from_dict({"kind": "class", "width": 3, "names": "abc"})
+    with pytest.raises(UsageError, match="strictly decreasing"):
+        Schedule.from_dict({"kind": "linear", "T": 100_000})  # alpha_bar underflows to 0 long before the end
+    assert ContextSpec.from_dict({"kind": "text", "width": 16, "names": [], "encoder": "hash-16"}).width == 16
+
+
+def test_read_model_reads_evaluators_and_load_refuses_them():
+    from importlib import resources
+
+    path = resources.files("tinydiffusion") / "assets" / "evaluators" / "sprites"
+    config, weights = read_model(path)
+    assert config["format"] == "tinydiffusion-evaluator" and weights
+    with pytest.raises(UsageError, match="evaluator.*diffusion model"):
+        load(path)
+
+
+def test_non_finite_or_misshapen_weights_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, path = _exported(tmp_path)
+    tensors = load_file(str(path / "model.safetensors"))
+    key = next(iter(tensors))
+    tensors[key] = tensors[key].clone().fill_(float("nan"))
+    save_file(tensors, str(path / "model.safetensors"))
+    with pytest.raises(UsageError, match=f"model.safetensors: tensor '{key}' holds .* NaN"):
+        read_model(path)

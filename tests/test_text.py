@@ -167,7 +167,7 @@ def test_a_failed_write_leaves_nothing_behind_and_warns(tmp_path, monkeypatch, i
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", full_disk)
-    with pytest.warns(UserWarning, match="not cached.*No space left"):
+    with pytest.warns(UserWarning, match="not cached.*no space left"):
         result = embed_captions(CAPTIONS, HashEncoder(16), tmp_path / "cache", progress=False)
     assert torch.equal(result, HashEncoder(16).encode(CAPTIONS))
     assert list((tmp_path / "cache").iterdir()) == [] and list(isolated_user_cache.iterdir()) == []

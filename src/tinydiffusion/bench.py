@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from . import checks
 from .dist import autocast, native_bf16
+from .errors import bad_value
 from .loss import diffusion_loss
 from .models import build_model, count_parameters, preset
 from .samplers import SAMPLERS
@@ -33,6 +35,29 @@ class BenchConfig:
     compile: bool = False
     variants: bool = True  # channels-last, one thread, no inference_mode: each against the first preset as is
     out: str | None = "bench.json"
+
+    def __post_init__(self) -> None:
+        """Every setting checked before minutes of measuring (presets are checked by name in ``bench``)."""
+        if isinstance(self.presets, str) or not all(isinstance(p, str) for p in self.presets):
+            raise bad_value("presets", self.presets, "a tuple of preset names such as ('small', 'tiny')")
+        checks.integer("image_size", self.image_size, low=4, high=512, allowed="an integer in 4..512 pixels")
+        checks.integer("batch_size", self.batch_size, low=1, allowed="a positive number of images per training step")
+        if not self.eval_batches:
+            raise bad_value("eval_batches", self.eval_batches, "at least one batch size")
+        for b in self.eval_batches:
+            checks.integer("eval_batches", b, low=1, allowed="positive batch sizes such as 1,16,64")
+        if not self.precisions or any(p not in ("fp32", "bf16") for p in self.precisions):
+            raise bad_value("precisions", self.precisions, "a non-empty tuple of 'fp32' and 'bf16'")
+        checks.finite("seconds", self.seconds, low=0, high=3600, low_open=True,
+                      allowed="a finite number of seconds in (0, 3600] per measurement")
+        if self.out:  # "" or None: no report file
+            checks.output_path("out", self.out, suffixes=(".json",))
+        for name in self.presets:  # a bad name fails now, not after a minute of measuring
+            preset(name, image_size=self.image_size, context_width=5)
+        # training keeps about 8 maps of the widest preset's 128 channels per image for the backward pass
+        per_image = 4 * 8 * 128 * 3 * self.image_size**2
+        checks.memory("batch_size", self.batch_size, per_image * self.batch_size, "training batch")
+        checks.memory("eval_batches", max(self.eval_batches), per_image * max(self.eval_batches), "evaluation batch")
 
 
 def _sync(device: torch.device) -> None:
@@ -195,8 +220,6 @@ def bench(config: BenchConfig) -> dict:
     from .dist import resolve_device
 
     device = resolve_device(config.device)
-    for name in config.presets:  # a bad name fails now, not after a minute of measuring
-        preset(name, image_size=config.image_size, context_width=5)
     ceilings = {"fp32": matmul_ceiling(device, torch.float32, config.seconds),
                 "bf16": matmul_ceiling(device, torch.bfloat16, config.seconds)}
     notes = []

@@ -9,37 +9,25 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from . import checks
 from .errors import UsageError
+from .files import atomic_write
+from .modelfile import MODEL_FORMAT, EVALUATOR_FORMAT, check_config, read_json
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write through ``write(file)`` so that ``path`` holds either the old or the new bytes, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_state(path: str | Path, state: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda f: torch.save(state, f))
+def save_state(path: str | Path, state: dict[str, Any], kept: str | None = None) -> Path:
+    """The training state, atomically. Serialised in memory first, so that a full disk surfaces as the
+    operating system's "no space left" (torch's own writer would hide it) and the old file stays."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()), kept=kept)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -53,30 +41,83 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 def export_model(directory: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``."""
+    """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``.
+
+    The config is checked against ``modelfile`` first: a folder this writes is one ``read_model`` reads.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
+    try:
+        text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False, default=list) + "\n"
+    except (TypeError, ValueError) as e:  # NaN, infinity, or an object JSON cannot hold
+        raise UsageError(f"model config {directory / CONFIG} cannot be written as strict JSON: {e}") from None
+    check_config(json.loads(text), directory / CONFIG)  # exactly as read_model will read it back
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS, lambda f: f.write(save(tensors)))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_write(directory / CONFIG, lambda f: f.write(text.encode()))
     return directory
 
 
-def read_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(config, state_dict)`` of an exported model; weights only from safetensors."""
+def read_model(directory: str | Path, expect: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of an exported folder, each checked before it is trusted.
+
+    ``config.json`` is read strictly and validated against ``modelfile`` (a model's or an evaluator's
+    schema, by its ``format``; ``expect`` refuses the other kind); the weights come only from
+    safetensors, must fit in memory and be finite. Shapes against the network: ``check_weights``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir() or not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        state = "that path does not exist" if not directory.exists() else \
+            "it is not a folder" if not directory.is_dir() else f"it lacks {CONFIG} or {WEIGHTS}"
+        raise UsageError(f"model {str(directory)!r} is not an exported model folder ({state}); expected a shipped "
+                         f"model name or a folder holding {CONFIG} and {WEIGHTS}")
+    config = read_json(directory / CONFIG)
+    found = config.get("format", MODEL_FORMAT)
+    if expect is not None and found != expect:
+        what = {MODEL_FORMAT: "a diffusion model", EVALUATOR_FORMAT: "an evaluator"}
+        raise UsageError(f"model config {directory / CONFIG}: format={found!r}, but {what.get(expect, expect)} "
+                         f"was expected here (format {expect!r})")
+    config = check_config(config, directory / CONFIG)
+    return config, read_weights(directory / WEIGHTS)
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file: refused (naming the file) when it is not one, when it would not
+    fit in memory, or when a floating tensor holds NaN or infinity."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-        raise UsageError(f"model {directory} is not an exported model folder (expected {CONFIG} and {WEIGHTS} inside)")
+    checks.memory("model", str(file.parent), file.stat().st_size, f"weights file {file.name}")
     try:
-        config = json.loads((directory / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"model config {directory / CONFIG} is not valid JSON: {e}") from None
-    try:
-        weights = load_file(str(directory / WEIGHTS))
-    except Exception as e:
-        raise UsageError(f"model weights {directory / WEIGHTS} could not be read as safetensors: {e}") from None
-    return config, weights
+        weights = load_file(str(file))
+    except Exception as e:  # truncated, garbage, bad header: the Rust reader says which
+        raise UsageError(f"model weights {file} could not be read as safetensors: {str(e)[:300]}") from None
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = (~torch.isfinite(tensor)).sum().item()
+            raise UsageError(f"model weights {file}: tensor {name!r} holds {bad} NaN or infinite value"
+                             f"{'s' if bad > 1 else ''}; expected finite weights (the training diverged?)")
+    return weights
+
+
+def check_weights(file: str | Path, weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Refuse ``weights`` unless they hold exactly the tensors of ``expected`` (a network's
+    ``state_dict()``), each with its shape and a dtype of the same family (float or not)."""
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing or extra:
+        parts = ([f"lack {_few(missing)}"] if missing else []) + ([f"hold unexpected {_few(extra)}"] if extra else [])
+        raise UsageError(f"model weights {file} do not fit its {CONFIG}: they {' and '.join(parts)}")
+    for name, want in expected.items():
+        got = weights[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise UsageError(f"model weights {file} do not fit its {CONFIG}: tensor {name!r} has shape "
+                             f"{list(got.shape)}, the config's network needs {list(want.shape)}")
+        if got.is_floating_point() != want.is_floating_point():
+            raise UsageError(f"model weights {file}: tensor {name!r} is {got.dtype}, expected "
+                             f"{'a floating' if want.is_floating_point() else 'an integer'} dtype like {want.dtype}")
+
+
+def _few(names: list[str]) -> str:
+    shown = ", ".join(map(repr, names[:3]))
+    return f"tensor{'s' if len(names) > 1 else ''} {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")

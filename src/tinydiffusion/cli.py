@@ -216,9 +216,10 @@ def _add_data(commands) -> None:
     info.set_defaults(handler=_data_info)
     pack = sub.add_parser("pack", help="write a data set as one uncompressed .npy that training reads from disk",
                           description="Pack any data source into an uncompressed uint8 N×S×S×3 .npy (OUT) with its "
-                                      "labels, class names and captions beside it in OUT's NAME.meta.npz. Training "
-                                      "and data info read it memory-mapped, so a set larger than RAM trains from "
-                                      "disk. Folders are read image by image, never held whole.")
+                                      "labels, class names and captions beside it (data.npy → data.meta.npz). "
+                                      "--data data.npy then reads it memory-mapped: batches read only their own "
+                                      "rows, so a set larger than RAM trains from disk. A folder is read image by "
+                                      "image and an images .npy memory-mapped, so packing never holds the set whole.")
     pack.add_argument("data", help="as for train --data: sprites, emoji, a folder of class sub-folders, an .npz, "
                                    "or an images .npy (with --labels)")
     pack.add_argument("--out", required=True, help="the .npy to write, e.g. data.npy (refused if it exists)")

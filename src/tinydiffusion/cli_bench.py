@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from .cli_types import finite_float, int_list
 
 
 def add_command(commands, given) -> None:
@@ -18,9 +18,9 @@ def add_command(commands, given) -> None:
                    help="skip the diffusers UNet2DModel")
     p.add_argument("--image-size", type=int, help="pixels (default 16)")
     p.add_argument("--batch-size", type=int, help="training batch (default 64)")
-    p.add_argument("--eval-batches", type=lambda s: tuple(int(x) for x in s.split(",") if x.strip()),
+    p.add_argument("--eval-batches", type=int_list,
                    help="batch sizes for ms per network evaluation (default 1,16,64)")
-    p.add_argument("--seconds", type=float, help="seconds per measurement (default 3)")
+    p.add_argument("--seconds", type=finite_float, help="seconds per measurement (default 3)")
     p.add_argument("--compile", action="store_true", default=None, help="also torch.compile each network")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--out", help="JSON report (default bench.json)")
@@ -34,8 +34,9 @@ def _bench(args, given) -> int:
     report = bench(config)
     print(format_report(report))
     if config.out:
-        with open(config.out, "w") as f:
-            json.dump(report, f, indent=2)
+        from .files import write_json
+
+        write_json(config.out, report)
         print(f"  wrote {config.out}")
     return 0
 

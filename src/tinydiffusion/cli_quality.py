@@ -6,6 +6,9 @@ Standard library only at module level (``--help`` must not import torch).
 from __future__ import annotations
 
 import argparse
+import os
+
+from .cli_types import finite_float
 
 
 def add_commands(commands, given) -> None:
@@ -19,9 +22,9 @@ def add_commands(commands, given) -> None:
     _common(p)
     p.add_argument("--sampler", help="sampler (default ddim)")
     p.add_argument("--steps", type=int, help="steps (default 20)")
-    p.add_argument("--memorisation-threshold", type=float,
+    p.add_argument("--memorisation-threshold", type=finite_float,
                    help="RMS pixel distance in [-1, 1] units below which a sample counts as a copy (default 0.1)")
-    p.add_argument("--memorisation-ratio", type=float,
+    p.add_argument("--memorisation-ratio", type=finite_float,
                    help="a copy must also be closer than this share of the mean distance to the sample's 50 "
                         "nearest training images (default 0.5)")
     p.add_argument("--out", help="report file (default eval.json)")
@@ -47,11 +50,11 @@ def add_commands(commands, given) -> None:
     t.add_argument("--epochs", type=int, help="passes over the training split per member (default 100)")
     t.add_argument("--size", type=int, help="input size in pixels (default 32)")
     t.add_argument("--low-size", type=int, help="also train on images shrunk to this size (default 16)")
-    t.add_argument("--holdout", type=float, help="held-out fraction per class (default 0.2)")
+    t.add_argument("--holdout", type=finite_float, help="held-out fraction per class (default 0.2)")
     t.add_argument("--width", type=int, help="channels of the first block (default 32)")
     t.add_argument("--members", type=int, help="ensemble members, each from its own seed (default 3)")
     t.add_argument("--batch-size", type=int, help="images per step (default 64)")
-    t.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
+    t.add_argument("--lr", type=finite_float, help="peak AdamW learning rate (default 2e-3)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -63,7 +66,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator", help="a shipped evaluator name (sprites) or an evaluator folder")
     p.add_argument("--data", help="the real data to compare with (default: what the model was trained on)")
     p.add_argument("--per-class", type=int, help="samples per class")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1)")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default 1)")
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -75,6 +78,8 @@ def _eval(args, given) -> int:
     from .evaluate import EvalConfig, evaluate
 
     r = evaluate(EvalConfig(**given(args, EvalConfig)))
+    if not _reports():
+        return 0
     s = r["settings"]
     print(f"{r['samples']} samples ({s['per_class']} per class) with {s['sampler']}, {s['steps']} steps, guidance "
           f"{s['guidance']}, {s['precision']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
@@ -94,9 +99,16 @@ def _compare(args, given) -> int:
 
     config = CompareConfig(**given(args, CompareConfig))
     rows = compare(config)
+    if not _reports():
+        return 0
     print(table(rows))
     print(f"  wrote {config.out}/compare.json, compare.csv, compare_steps.png, compare_seconds.png, compare_grid.png")
     return 0
+
+
+def _reports() -> bool:
+    """Under torchrun the ranks share the sampling and the first one reports."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _evaluator_train(args, given) -> int:

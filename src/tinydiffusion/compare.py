@@ -8,7 +8,7 @@ image with a row per setting and a column per seed.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dist import resolve_device
-from .errors import UsageError, bad_value
-from .evaluate import real_reference, score
+from . import checks, shard
+from .dist import DistInfo
+from .errors import bad_value
+from .evaluate import check_class_model, check_memory, check_sampling_settings, real_reference, score
 from .evaluator import load_evaluator
-from .images import grid, to_uint8
-from .pipeline import get_sampler, load
+from .files import write_bytes, write_json, write_text
+from .images import grid, save_picture, to_uint8
+from .pipeline import load
+from .samplers import SAMPLERS
 
 DEFAULT_SETTINGS = ("ddpm:500", "ddpm:250", "ddpm:100", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:250",
                     "ddim:500", "dpmpp_2m:5", "dpmpp_2m:10", "dpmpp_2m:20", "dpmpp_2m:50")
@@ -42,59 +45,88 @@ class CompareConfig:
     device: str = "auto"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
+        check_sampling_settings(self)
+        if isinstance(self.settings, str) or not isinstance(self.settings, (tuple, list)) or not self.settings:
+            raise bad_value("settings", self.settings, "a non-empty list of SAMPLER:STEPS such as ddim:50")
+        for text in self.settings:
+            parse_setting(text)
+        checks.output_path("out", self.out, folder=True)
+
 
 def parse_setting(text: str) -> tuple[str, int]:
-    name, _, steps = text.partition(":")
-    get_sampler(name, {})
-    try:
-        return name, int(steps)
-    except ValueError:
-        raise bad_value("setting", text, "SAMPLER:STEPS such as ddim:50 or dpmpp_2m:10") from None
+    """``"ddim:50"`` to ``("ddim", 50)``; anything else is refused naming it (steps <= T is checked with the model)."""
+    name, colon, steps = str(text).partition(":")
+    steps = steps.strip()
+    if not colon or name.strip() not in SAMPLERS or not (steps.isascii() and steps.isdigit()) or int(steps) < 1:
+        raise bad_value("settings", text, f"SAMPLER:STEPS such as ddim:50 or dpmpp_2m:10, with SAMPLER one of "
+                                          f"{', '.join(SAMPLERS)} and STEPS a positive integer")
+    return name.strip(), int(steps)
 
 
 def compare(config: CompareConfig) -> list[dict]:
+    """Every setting from the same seeded noise, timed and scored; files written into ``config.out``.
+    Under torchrun the ranks share each setting's batches; rank 0 scores and writes; all return the rows."""
+    with shard.processes(config.device) as info:
+        return _compare(config, info)
+
+
+def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
     from tqdm.auto import tqdm
 
     settings = [parse_setting(s) for s in config.settings]
-    pipe = load(config.model, device=resolve_device(config.device))
-    if pipe.context.kind != "class":
-        raise UsageError(f"compare scores per class and needs a class-conditional model, not {pipe.context.kind!r}")
-    for _, steps in settings:
-        pipe.schedule.timesteps(steps)  # refuse a bad step count before any work
+    pipe = load(config.model, device=info.device)
     ev = load_evaluator(config.evaluator)
-    real = real_reference(ev, config.data or pipe.config.get("training", {}).get("data", "sprites"), pipe.image_size)
+    check_class_model(pipe, ev, "compare")
     names, K = list(pipe.context.names), len(pipe.context.names)
+    plans = []
+    for name, steps in settings:  # a bad step count or a size that cannot fit is refused before any work
+        if steps > pipe.schedule.T:
+            raise bad_value("settings", f"{name}:{steps}", f"STEPS in 1..{pipe.schedule.T} (the model's T)")
+        plans.append(pipe.plan(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
+                               guidance=config.guidance, batch_size=config.batch_size, precision=config.precision))
+        check_memory(pipe, plans[-1], ev, config.per_class, info)
+    real = real_reference(ev, config.data or pipe.config.get("training", {}).get("data", "sprites"),
+                          pipe.image_size) if info.is_main else None
     labels = torch.arange(K).repeat_interleave(config.per_class)
     rows, strips = [], []
     calls = [0]
     hook = pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
-        for name, steps in tqdm(settings, desc="compare", disable=not config.progress):
+        for (name, steps), plan in tqdm(list(zip(settings, plans)), desc="compare",
+                                        disable=not config.progress or not info.is_main):
             calls[0] = 0
             t0 = time.perf_counter()
-            samples = pipe.sample(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
-                                  guidance=config.guidance, batch_size=config.batch_size,
-                                  precision=config.precision)
+            samples = shard.sample(pipe, plan, info)
             seconds = time.perf_counter() - t0
-            chunks = -(-len(samples) // config.batch_size)
+            if not info.is_main:
+                continue
             result = score(samples, labels, ev, real)
             result.pop("_memo")
-            rows.append({"setting": f"{name}:{steps}", "sampler": name, "steps": steps, "nfe": calls[0] // chunks,
+            nfe = calls[0] // len(shard.my_batches(plan.batches, info))  # rank 0 always has batch 0
+            rows.append({"setting": f"{name}:{steps}", "sampler": name, "steps": steps, "nfe": nfe,
                          "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})
             strips.append(to_uint8(samples[[k * config.per_class + j for j in range(2) for k in range(K)]]))
     finally:
         hook.remove()
-    _speedups(rows)
+    if info.is_main:
+        _speedups(rows)
+        _write(rows, strips, config, K, pipe.image_size)
+    return shard.broadcast(rows, info)
+
+
+def _write(rows: list[dict], strips: list, config: CompareConfig, K: int, size: int) -> None:
+    """compare.json/.csv, the grid and the plots, each written atomically."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps({"settings": asdict(config), "rows": rows}, indent=2) + "\n")
-    with (out / "compare.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    grid(np.concatenate(strips), 2 * K, scale=max(1, 64 // pipe.image_size)).save(out / "compare_grid.png")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "compare.csv", text.getvalue())
+    save_picture(out / "compare_grid.png", grid(np.concatenate(strips), 2 * K, scale=max(1, 64 // size)), format="PNG")
     _plots(rows, out)
-    return rows
+    write_json(out / "compare.json", {"settings": asdict(config), "rows": rows})
 
 
 def _speedups(rows: list[dict]) -> None:
@@ -128,8 +160,10 @@ def _plots(rows: list[dict], out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / name)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")  # into memory, then written atomically
         plt.close(fig)
+        write_bytes(out / name, buffer.getvalue())
 
 
 def table(rows: list[dict]) -> str:

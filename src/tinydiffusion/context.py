@@ -45,9 +45,13 @@ class ContextSpec:
 
     @staticmethod
     def classes(names: Sequence[str]) -> "ContextSpec":
+        from .modelfile import class_name
+
         names = tuple(str(n) for n in names)
         if len(set(names)) != len(names) or not names:
             raise bad_value("class names", list(names), "a non-empty list of distinct names")
+        for i, name in enumerate(names):  # each must be addressable by parse: no mixture syntax, not "none"
+            class_name(f"class name {i}", name)
         return ContextSpec("class", len(names), names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,7 +59,29 @@ class ContextSpec:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ContextSpec":
-        return ContextSpec(d.get("kind", "none"), int(d.get("width", 0)), tuple(d.get("names", ())), d.get("encoder"))
+        """From the ``context`` section of a ``config.json``: typed by ``modelfile.CONTEXT``, then what the
+        kinds need (class: one name per column; text: a known encoder of this width; vector: a width)."""
+        from .modelfile import CONTEXT, validate
+
+        d = validate(d, CONTEXT, "context")
+        spec = ContextSpec(d["kind"], d["width"], tuple(d.get("names") or ()), d.get("encoder"))
+        if spec.kind != "class" and spec.names:
+            raise bad_value("context.names", list(spec.names), f"no names for a {spec.kind!r} context")
+        if spec.kind == "class" and not spec.names:
+            raise bad_value("context.names", [], "at least one class name for a class context")
+        if spec.kind == "vector" and spec.width < 1:
+            raise bad_value("context.width", spec.width, "at least 1 for a vector context")
+        if spec.kind == "text":
+            from .text import resolve_encoder
+
+            if not spec.encoder:
+                raise bad_value("context.encoder", spec.encoder, "the text encoder's name for a text context")
+            name, width = resolve_encoder(spec.encoder)
+            if width != spec.width:
+                raise bad_value("context.width", spec.width, f"{width}, the width of the encoder {name}")
+        elif spec.encoder is not None:
+            raise bad_value("context.encoder", spec.encoder, f"null for a {spec.kind!r} context")
+        return spec
 
     # ---------------------------------------------------------------- parsing
     def parse(self, text: str) -> torch.Tensor:

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics, shard
 from .data import as_tensor, load_dataset, make_batch
-from .dist import resolve_device
+from .dist import DistInfo
 from .errors import UsageError, bad_value
 from .evaluator import Evaluator, load_evaluator
-from .images import grid, to_uint8
-from .pipeline import Pipeline, load
+from .files import atomic_write, write_json
+from .images import grid, save_picture, to_uint8
+from .pipeline import Pipeline, SamplePlan, get_sampler, load
 
 BOOTSTRAPS = 20
 MEMO_THRESHOLD = 0.1  # a copy: nearest training image closer than this RMS pixel distance in [-1, 1] units ...
@@ -45,6 +46,57 @@ class EvalConfig:
     memorisation_ratio: float = MEMO_RATIO
     out: str = "eval.json"
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
+        check_sampling_settings(self)
+        get_sampler(self.sampler, {})
+        if self.steps is not None:
+            checks.integer("steps", self.steps, low=1, allowed="a positive integer (at most the model's T)")
+        checks.finite("memorisation_threshold", self.memorisation_threshold, low=0,
+                      allowed="a finite RMS pixel distance >= 0 in [-1, 1] units")
+        checks.finite("memorisation_ratio", self.memorisation_ratio, low=0, high=1, low_open=True,
+                      allowed="a fraction in (0, 1] of the mean distance to the 50 nearest training images")
+        checks.output_path("out", self.out, suffixes=(".json",))
+
+
+def check_sampling_settings(config) -> None:
+    """The settings ``EvalConfig`` and ``CompareConfig`` share: model, evaluator, data, counts, seeds, precision."""
+    for key in ("model", "evaluator"):
+        value = getattr(config, key)
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise bad_value(key, value, "a shipped name or a folder")
+    if config.data is not None and (not isinstance(config.data, (str, Path)) or not str(config.data).strip()):
+        raise bad_value("data", config.data, "a data set name or path, or None (the model's training data)")
+    per_class = checks.integer("per_class", config.per_class, low=2, high=checks.MAX_SEED,
+                               allowed="an integer >= 2 (a covariance needs two samples per class)")
+    checks.seed("seed", config.seed, per_class)
+    checks.finite("guidance", config.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
+    checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
+    if config.precision not in ("fp32", "bf16"):
+        raise bad_value("precision", config.precision, "'fp32' or 'bf16'")
+    if not isinstance(config.device, str):
+        raise bad_value("device", config.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_class_model(pipe: Pipeline, ev: Evaluator, command: str) -> None:
+    """Scoring per class needs a class-conditional model whose classes are the evaluator's."""
+    if pipe.context.kind != "class":
+        raise UsageError(f"{command} needs a class-conditional model (this one's context is {pipe.context.kind!r}): "
+                         f"conditional accuracy is measured per class")
+    if tuple(ev.class_names) != tuple(pipe.context.names):
+        raise UsageError(f"evaluator classes {list(ev.class_names)} differ from the model's {list(pipe.context.names)}; "
+                         f"train an evaluator on the model's data: tinydiffusion evaluator train --data …")
+
+
+def check_memory(pipe: Pipeline, plan: SamplePlan, ev: Evaluator, value: int, info: DistInfo) -> None:
+    """Refuse ``per_class`` before any work when the samples and their scoring would not fit in memory:
+    the float samples (twice on rank 0 under torchrun: the gathered pickles), their flattened copy for
+    the memorisation check, and the evaluator's features (float64, with bootstrap copies)."""
+    features = 128 * int(ev.config.get("members", 1))
+    per_image = plan.image_bytes * (2 + (info.world > 1)) + features * 8 * 3
+    checks.memory("per_class", value, plan.count * per_image + pipe.batch_bytes(plan),
+                  f"{plan.count} samples and their scores")
 
 
 @dataclass(eq=False)
@@ -69,10 +121,9 @@ def real_reference(evaluator: Evaluator, data: str, size: int) -> RealReference:
         features = torch.from_numpy(np.load(path)).double()
     except (OSError, ValueError):
         features, _ = evaluator.run(make_batch(images, torch.arange(len(images))))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, features.numpy())
-        except OSError:
+        try:  # atomic: another eval may read the cache while this one writes it
+            atomic_write(path, lambda f: np.save(f, features.numpy()))
+        except (OSError, UsageError):
             pass  # an unwritable cache only costs time
     return RealReference(features, torch.from_numpy(dataset.labels), images)
 
@@ -99,34 +150,37 @@ def score(samples: torch.Tensor, labels: torch.Tensor, evaluator: Evaluator, rea
 
 
 def evaluate(config: EvalConfig, pipeline: Pipeline | None = None, evaluator: Evaluator | None = None) -> dict:
-    if config.per_class < 2:
-        raise bad_value("per_class", config.per_class, "at least 2 samples per class")
-    pipe = pipeline or load(config.model, device=resolve_device(config.device))
-    if pipe.context.kind != "class":
-        raise UsageError(f"eval needs a class-conditional model (this one's context is {pipe.context.kind!r}): "
-                         f"conditional accuracy is measured per class")
+    """Sample ``per_class`` images per class, score them, write the JSON report and the closest-pairs grid.
+    Under torchrun the ranks share the batches; rank 0 scores and writes, and every rank returns the report."""
+    with shard.processes(config.device) as info:
+        return _evaluate(config, pipeline, evaluator, info)
+
+
+def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluator | None, info: DistInfo) -> dict:
+    pipe = pipeline or load(config.model, device=info.device)
     ev = evaluator or load_evaluator(config.evaluator)
-    if tuple(ev.class_names) != tuple(pipe.context.names):
-        raise UsageError(f"evaluator classes {list(ev.class_names)} differ from the model's {list(pipe.context.names)}; "
-                         f"train an evaluator on the model's data: tinydiffusion evaluator train --data …")
+    check_class_model(pipe, ev, "eval")
+    plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=config.sampler,
+                     steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
+                     precision=config.precision)
+    check_memory(pipe, plan, ev, config.per_class, info)
     data = config.data or pipe.config.get("training", {}).get("data", "sprites")
-    real = real_reference(ev, data, pipe.image_size)
+    real = real_reference(ev, data, pipe.image_size) if info.is_main else None
     t0 = time.perf_counter()
-    samples = pipe.sample(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=config.sampler,
-                          steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
-                          precision=config.precision)
+    samples = shard.sample(pipe, plan, info)
     seconds = time.perf_counter() - t0
-    labels = torch.arange(len(pipe.context.names)).repeat_interleave(config.per_class)
-    result = score(samples, labels, ev, real, config.memorisation_threshold, config.memorisation_ratio)
-    memo = result.pop("_memo")
-    report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
-              "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),
-              "evaluator_holdout_accuracy": ev.accuracy, "settings": asdict(config)}
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    _closest_pairs_grid(samples, real.images, memo, out.with_name(out.stem + "_closest.png"))
-    return report
+    report = None
+    if info.is_main:
+        labels = torch.arange(len(pipe.context.names)).repeat_interleave(config.per_class)
+        result = score(samples, labels, ev, real, config.memorisation_threshold, config.memorisation_ratio)
+        memo = result.pop("_memo")
+        report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
+                  "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),
+                  "evaluator_holdout_accuracy": ev.accuracy, "settings": asdict(config)}
+        out = Path(config.out)
+        _closest_pairs_grid(samples, real.images, memo, out.with_name(out.stem + "_closest.png"))
+        write_json(out, report)  # last: a report on disk means its grid is there too
+    return shard.broadcast(report, info)
 
 
 def _closest_pairs_grid(samples: torch.Tensor, train_images: torch.Tensor, memo: dict, path: Path, k: int = 8) -> None:
@@ -135,4 +189,4 @@ def _closest_pairs_grid(samples: torch.Tensor, train_images: torch.Tensor, memo:
     top = to_uint8(samples[idx])
     bottom = train_images[memo["nearest"][idx]].permute(0, 2, 3, 1).numpy()
     scale = max(1, 64 // top.shape[1])
-    grid(np.concatenate([top, bottom]), len(idx), scale=scale).save(path)
+    save_picture(path, grid(np.concatenate([top, bottom]), len(idx), scale=scale), format="PNG")

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import export_model, read_model
+from . import checks
+from .checkpoint import WEIGHTS, check_weights, export_model, read_model
 from .data import as_tensor, load_dataset, make_batch
 from .dist import resolve_device
 from .errors import UsageError, bad_value
@@ -77,6 +78,31 @@ class EvaluatorConfig:
     device: str = "auto"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Every setting checked before any work, so the library refuses what the CLI refuses."""
+        if not isinstance(self.data, (str, Path)) or not str(self.data).strip():
+            raise bad_value("data", self.data, "a labelled data set: a name (sprites, emoji) or a path")
+        checks.output_path("out", self.out, folder=True)
+        size = checks.integer("size", self.size, low=8, high=256,
+                              allowed="an integer in 8..256 (the network halves it three times)")
+        checks.integer("low_size", self.low_size, low=1, high=size, allowed=f"an integer in 1..{size} (at most size)")
+        checks.integer("width", self.width, low=8, allowed="a multiple of 8 >= 8 (GroupNorm uses 8 groups)")
+        if self.width % 8:
+            raise bad_value("width", self.width, "a multiple of 8 >= 8 (GroupNorm uses 8 groups)")
+        checks.integer("epochs", self.epochs, low=1, allowed="a positive number of passes over the training split")
+        checks.integer("batch_size", self.batch_size, low=1, allowed="a positive number of images per step")
+        checks.finite("lr", self.lr, low=0, low_open=True, allowed="a finite learning rate > 0")
+        checks.finite("holdout", self.holdout, low=0, high=1, allowed="a fraction in (0, 1)")
+        if not 0 < self.holdout < 1:
+            raise bad_value("holdout", self.holdout, "a fraction in (0, 1)")
+        checks.seed("seed", self.seed, checks.integer("members", self.members, low=1,
+                                                      allowed="a positive number of ensemble members"))
+        # about 570·width² parameters per member, each with its gradient and two AdamW moments (16 bytes)
+        checks.memory("width", self.width, 16 * 570 * self.width**2 * self.members, "ensemble and its optimizer")
+        # activations kept for the backward pass: about 24 maps of width channels at full size per image
+        checks.memory("batch_size", self.batch_size, 4 * 24 * self.width * self.size**2 * self.batch_size,
+                      "training batch")
+
 
 @dataclass(eq=False)
 class Evaluator:
@@ -122,13 +148,9 @@ def split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np
 
 def train_evaluator(config: EvaluatorConfig) -> Evaluator:
     """Train on the labelled data set with a held-out split; export to ``config.out``."""
-    if not 0 < config.holdout < 1:
-        raise bad_value("holdout", config.holdout, "a fraction in (0, 1)")
     dataset = load_dataset(config.data, size=config.size)
     if dataset.labels is None:
         raise UsageError(f"data {config.data!r} has no class labels: an evaluator needs labelled images")
-    if config.members < 1:
-        raise bad_value("members", config.members, "a positive number of ensemble members")
     train_idx, test_idx = split(dataset.labels, config.holdout, config.seed)  # one split for every member
     device = resolve_device(config.device)
     images, labels = as_tensor(dataset.images).to(device), torch.from_numpy(dataset.labels).to(device)
@@ -215,5 +237,6 @@ def load_evaluator(path: str | Path) -> Evaluator:
     if config.get("format") != "tinydiffusion-evaluator":
         raise UsageError(f"{path} is not an evaluator folder (its config.json has no evaluator format)")
     net = Ensemble(len(config["class_names"]), config["width"], int(config.get("members", 1)))
-    net.load_state_dict(weights)
+    check_weights(Path(path) / WEIGHTS, weights, net.state_dict())  # a clear error, not a load_state_dict traceback
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     return Evaluator(net.eval(), tuple(config["class_names"]), int(config["size"]), config)

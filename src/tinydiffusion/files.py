@@ -36,6 +36,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], *
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -50,6 +51,15 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], *
             raise UsageError(f"{reason} while writing {path}; " + (kept or "nothing was changed there")) from None
         raise
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def disk_error(e: BaseException) -> str | None:
@@ -105,6 +115,7 @@ class AtomicFolder:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=TMP_SUFFIX, dir=self.path.parent))
+        os.chmod(self.tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
         return self.tmp
 
     def __exit__(self, kind, value, tb) -> bool:

@@ -36,26 +36,36 @@ def display_scale(size: int) -> int:
     return max(1, 64 // size)
 
 
+def grid_bytes(count: int, size: int, ncol: int, *, pad: int = 1) -> int:
+    """Memory of ``grid(...)`` for ``count`` images of ``size`` px: the canvas and its enlarged copy."""
+    ncol = max(1, min(ncol, count))
+    scale = display_scale(size)
+    canvas = ((-(-count // ncol)) * (size + pad) + pad) * (ncol * (size + pad) + pad) * 3
+    return canvas * (2 + scale * scale)  # the array, the picture made from it, the enlarged copy
+
+
 def save_grid(images: np.ndarray, path: str | Path, ncol: int, text: dict[str, str] | None = None) -> Path:
-    """A PNG grid; ``text`` goes into the PNG's text chunks (how the images were made)."""
+    """A PNG grid, written atomically; ``text`` goes into the PNG's text chunks (how the images were made)."""
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    grid(images, ncol, scale=display_scale(images.shape[1])).save(path, pnginfo=info)
-    return path
+    return save_picture(path, grid(images, ncol, scale=display_scale(images.shape[1])), format="PNG", pnginfo=info)
 
 
 def save_gif(frames: Sequence[np.ndarray], path: str | Path, ncol: int, *, ms_per_frame: int = 60,
              hold_last_ms: int = 1500) -> Path:
-    """One grid per frame; the last frame (the result) is held longer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One grid per frame, written atomically; the last frame (the result) is held longer."""
     scale = display_scale(frames[0].shape[1])
     pictures = [grid(f, ncol, scale=scale) for f in frames]
     durations = [ms_per_frame] * (len(pictures) - 1) + [hold_last_ms]
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
-    return path
+    return save_picture(path, pictures[0], format="GIF", save_all=True, append_images=pictures[1:], duration=durations,
+                      loop=0, optimize=False)
+
+
+def save_picture(path: str | Path, picture: Image.Image, *, format: str, **options) -> Path:
+    """``picture`` in ``format`` whatever the suffix of ``path``, through ``files.atomic_write``."""
+    from .files import atomic_write
+
+    return atomic_write(path, lambda f: picture.save(f, format=format, **options))

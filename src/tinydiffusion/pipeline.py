@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .checkpoint import read_model
+from .checkpoint import CONFIG, WEIGHTS, check_weights, read_model
+from .modelfile import MODEL_FORMAT
 from .context import ContextSpec
 from .errors import UsageError, bad_value
+from . import checks
 from .dist import autocast
 from .guidance import cfg
 from .models import ModelConfig, build_model
@@ -60,8 +62,15 @@ class Pipeline:
             if context.dim() not in (1, 2) or rows.shape[-1] != self.context.width:
                 raise bad_value("context", f"tensor of shape {tuple(context.shape)}",
                                 f"[D] or [N, D] with D = {self.context.width} (this model's context width)")
-            return rows
-        return self.context.parse_many(list(context))
+            bad = (~torch.isfinite(rows)).any(dim=-1).nonzero().flatten().tolist() if rows.dim() == 2 else []
+            if bad:  # a NaN context silently gives black images
+                raise bad_value("context", f"tensor whose row {bad[0]} holds {rows[bad[0]].tolist()[:8]}",
+                                "finite numbers in every row")
+        else:
+            rows = self.context.parse_many(list(context))
+        if rows.shape[0] == 0:
+            raise bad_value("context", "no rows", "at least one context row (or None for unconditional)")
+        return rows
 
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
                sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
@@ -72,44 +81,126 @@ class Pipeline:
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
         ``guidance`` is the classifier-free guidance scale (1 = none); ``precision="bf16"`` autocasts the network.
+        Every argument is checked, and the memory the result needs estimated, before any work.
         """
+        plan = self.plan(context, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, batch_size=batch_size,
+                         guidance=guidance, guidance_rescale=guidance_rescale, precision=precision, **options)
+        checks.memory("n" if seeds is None else "seeds", n if seeds is None else f"{len(plan.seeds)} seeds",
+                      plan.count * plan.image_bytes + self.batch_bytes(plan),
+                      f"{plan.count} float32 images plus a network batch")
+        return torch.cat([x for _, x in self.run(plan, callback=callback)])
+
+    def plan(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
+             sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
+             guidance_rescale: float = 0.0, precision: str = "fp32", **options: Any) -> "SamplePlan":
+        """The arguments of ``sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet."""
         rows = self.contexts(context)
-        seeds = list(range(seed, seed + n)) if seeds is None else list(seeds)
-        if n < 1 or batch_size < 1:
-            raise bad_value("n" if n < 1 else "batch_size", n if n < 1 else batch_size, "a positive integer")
-        fn = get_sampler(sampler, options)
-        self.model.prediction = self.prediction  # samplers read what the network's output means
-        model = self.model if guidance == 1.0 and guidance_rescale == 0.0 else cfg(self.model, guidance, guidance_rescale)
-        K = 1 if rows is None else rows.shape[0]
-        all_seeds = [s for _ in range(K) for s in seeds]
-        all_rows = None if rows is None else rows.repeat_interleave(len(seeds), dim=0)  # [K·n, D]
-        device, (C, H) = self.device, (int(self.config["model"]["channels"]), self.image_size)
-        out = []
-        self.model.eval()
+        if seeds is None:
+            n = checks.integer("n", _as_int(n), low=1)
+            seeds = range(checks.seed("seed", _as_int(seed), n), seed + n)  # lazy: no list of K·n seeds
+        else:
+            if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__") or len(seeds) == 0:
+                raise bad_value("seeds", seeds, "a non-empty sequence of integer seeds")
+            seeds = [checks.seed(f"seeds[{i}]", _as_int(s)) for i, s in enumerate(seeds)]
+        batch_size = checks.integer("batch_size", _as_int(batch_size), low=1)
+        guidance = checks.finite("guidance", guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
+        guidance_rescale = checks.finite("guidance_rescale", guidance_rescale, low=0, high=1)
         if precision not in ("fp32", "bf16"):
             raise bad_value("precision", precision, "'fp32' or 'bf16'")
-        with torch.inference_mode(), autocast(device, precision):
-            for start in range(0, len(all_seeds), batch_size):
-                chunk = all_seeds[start:start + batch_size]
-                gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
-                x_T = torch.stack([torch.randn(C, H, H, generator=g) for g in gens]).to(device)  # [b, C, H, W]
-                c = None if all_rows is None else all_rows[start:start + batch_size].to(device)
-                out.append(fn(model, self.schedule, x_T, c, steps=steps, generator=gens, callback=callback,
-                              **options).float().cpu())
-        return torch.cat(out)
+        fn = get_sampler(sampler, options)
+        if steps is not None:
+            self.schedule.timesteps(_as_int(steps), options.get("spacing", "trailing"))  # 1 <= steps <= T
+        self.model.prediction = self.prediction  # samplers (and the guidance closure) read what the output means
+        model = self.model if guidance == 1.0 and guidance_rescale == 0.0 else cfg(self.model, guidance, guidance_rescale)
+        shape = (int(self.config["model"]["channels"]), self.image_size, self.image_size)
+        return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape, model is not self.model)
+
+    def run(self, plan: "SamplePlan", batches: Iterable[int] | None = None,
+            callback: Callable | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(b, images [b_size, C, H, W])`` (float32, CPU) for each batch index ``b`` of ``plan`` (default:
+        all, in order). Batch ``b`` holds images ``b·batch_size …``, so batches can be spread over processes
+        or streamed to disk and still give, bit for bit, the images of one ``sample`` call."""
+        C, H, W = plan.shape
+        n, device = len(plan.seeds), self.device
+        self.model.eval()
+        for b in range(plan.batches) if batches is None else batches:
+            k = torch.arange(b * plan.batch_size, min((b + 1) * plan.batch_size, plan.count))  # image indices
+            gens = [torch.Generator().manual_seed(int(plan.seeds[i % n])) for i in k.tolist()]
+            with torch.inference_mode(), autocast(device, plan.precision):  # left before yielding to the caller
+                x_T = torch.stack([torch.randn(C, H, W, generator=g) for g in gens]).to(device)  # [b, C, H, W]
+                c = None if plan.rows is None else plan.rows[k // n].to(device)  # [b, D]: image k has row k // n
+                x_0 = plan.fn(plan.model, self.schedule, x_T, c, steps=plan.steps, generator=gens, callback=callback,
+                              **plan.options).float().cpu()
+            yield b, x_0
+
+    def batch_bytes(self, plan: "SamplePlan") -> int:
+        """A generous estimate of one batch's working memory: the network's activations (a UNet keeps about
+        eight maps of its widest width at full size for its skips), both halves under guidance, the
+        per-image generators (5 KB of Mersenne-Twister state each)."""
+        m = self.config.get("model", {})
+        width = int(m.get("base", 32)) * max(m.get("mults") or [1])
+        C, H, W = plan.shape
+        b = min(plan.batch_size, plan.count)
+        return b * (2 if plan.guided else 1) * 4 * H * W * (8 * width + 4 * C) + b * 5 * 1024
+
+
+@dataclass(frozen=True, eq=False)
+class SamplePlan:
+    """One checked sampling job: image ``k`` has context row ``k // n`` and seed ``seeds[k % n]``
+    (``n = len(seeds)``), and is made in batch ``k // batch_size``."""
+
+    model: Callable  # the network, or its guidance closure
+    fn: Callable  # the sampler
+    rows: torch.Tensor | None  # [K, D]; None: one unconditional row
+    seeds: Sequence[int]  # the n seeds of every row (a range when given as seed + n)
+    batch_size: int
+    steps: int | None
+    precision: str
+    options: dict[str, Any]
+    shape: tuple[int, int, int]  # C, H, W
+    guided: bool
+
+    @property
+    def count(self) -> int:
+        return (1 if self.rows is None else self.rows.shape[0]) * len(self.seeds)
+
+    @property
+    def batches(self) -> int:
+        return -(-self.count // self.batch_size)
+
+    @property
+    def image_bytes(self) -> int:
+        C, H, W = self.shape
+        return 4 * C * H * W
+
+
+def _as_int(value: Any) -> Any:
+    """NumPy and other integral types as a plain int; anything else unchanged, for the checks to refuse."""
+    import numbers
+
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+_OPTION_CHOICES = {"variance": ("large", "small"), "spacing": ("trailing", "leading", "linspace")}
 
 
 def get_sampler(name: str, options: dict[str, Any]) -> Callable:
-    """The registered sampler, after checking that it takes every option given."""
-    if name not in SAMPLERS:
+    """The registered sampler, after checking that it takes every option given, with a valid value."""
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise bad_value("sampler", name, f"one of {', '.join(SAMPLERS)}")
     fn = SAMPLERS[name]
     params = inspect.signature(fn).parameters
-    for key in options:
+    for key, value in options.items():
         if key not in params:
             allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("steps", "generator", "callback")]
-            raise UsageError(f"{key}={options[key]!r} is not an option of the {name} sampler; "
+            raise UsageError(f"{key}={value!r} is not an option of the {name} sampler; "
                              f"it takes: {', '.join(allowed)}")
+        if key == "eta":
+            checks.finite("eta", value, low=0, high=1, allowed="a number from 0 (deterministic) to 1 (DDPM-like)")
+        elif key in _OPTION_CHOICES and value not in _OPTION_CHOICES[key]:
+            raise bad_value(key, value, f"one of {', '.join(_OPTION_CHOICES[key])}")
+        elif key in ("extra_noise", "clip_x0") and not isinstance(value, bool):
+            raise bad_value(key, value, "True or False")
     return fn
 
 
@@ -132,17 +223,21 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: st
     ``prediction`` and ``schedule`` (e.g. ``{"kind": "cosine"}``) are expectations: a model trained
     otherwise is refused with an explanation rather than sampled into wrong images.
     """
+    if not isinstance(path, (str, Path)) or not str(path).strip():  # '' would be the current folder
+        raise bad_value("model", path, f"a shipped model ({', '.join(SHIPPED)}) or an exported model folder")
     path = resolve_model(path)
-    config, weights = read_model(path)
+    # read_model checks config.json against modelfile's schema and the weights for being readable and finite
+    config, weights = read_model(path, expect=MODEL_FORMAT)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # shipped as fp16
     _check_expected(path, config, prediction, schedule)
-    try:
+    try:  # what the schema cannot say: sizes the network can halve, a schedule that decreases, encoder widths
         model_config = ModelConfig.from_dict(config["model"])
         schedule = Schedule.from_dict(config["schedule"])
-        spec = ContextSpec.from_dict(config.get("context", {}))
-    except KeyError as e:
-        raise UsageError(f"model config in {path} lacks the {e} section") from None
+        spec = ContextSpec.from_dict(config.get("context", {"kind": "none", "width": 0}))
+    except UsageError as e:
+        raise UsageError(f"model config {path / CONFIG}: {e}") from None
     model = build_model(model_config)
+    check_weights(path / WEIGHTS, weights, model.state_dict())  # names, shapes and dtypes, each named
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -79,7 +79,7 @@ def acquire(folder: Path, notes: list[str]) -> RunLock:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid()),
-          "started": time.time(), "command": " ".join(os.path.basename(a) if i == 0 else a
+          "started": time.time(), "job": os.environ.get("TORCHELASTIC_RUN_ID"), "command": " ".join(os.path.basename(a) if i == 0 else a
                                                       for i, a in enumerate(sys.argv))[:200]}
     for _ in range(2):
         try:
@@ -90,6 +90,10 @@ def acquire(folder: Path, notes: list[str]) -> RunLock:
             if owner is None and fresh:  # another trainer is between creating and filling it
                 raise UsageError(f"run folder {folder} is being claimed by another process right now "
                                  f"(lock file {path}); use another --out") from None
+            if owner is not None and _earlier_attempt(owner, me):
+                notes.append(f"took over the lock of an earlier attempt of this torchrun job ({describe(owner)})")
+                path.unlink(missing_ok=True)
+                continue
             if owner is not None and owner.get("host") != me["host"]:
                 raise UsageError(f"run folder {folder} is locked by {describe(owner)}; this machine cannot "
                                  f"check whether it still runs: if it does not, delete {path}") from None
@@ -105,6 +109,12 @@ def acquire(folder: Path, notes: list[str]) -> RunLock:
             os.fsync(f.fileno())
         return RunLock(path, json.loads(json.dumps(me)))
     raise UsageError(f"run folder {folder}: another process took the lock {path} at the same moment; use another --out")
+
+
+def _earlier_attempt(owner: dict, me: dict) -> bool:
+    """A lock left by this torchrun job before it restarted its workers (rank 0 may now be on another node)."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    return restarted and me["job"] is not None and owner.get("job") == me["job"] and owner.get("pid") != me["pid"]
 
 
 def _mtime(path: Path) -> float:

@@ -53,17 +53,30 @@ class Schedule:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Schedule":
-        d = dict(d)
-        kind = d.pop("kind", None)
+        """From the ``schedule`` section of a ``config.json``: typed and ranged by ``modelfile.SCHEDULE``,
+        only the settings of its kind, and a result that is a schedule (``alpha_bar`` finite, in
+        ``[0, 1]``, strictly decreasing from above 0) or a refusal naming what is wrong."""
+        from .modelfile import SCHEDULE, validate
+
+        d = validate(d, SCHEDULE, "schedule")
+        kind = d.pop("kind")
         zero_terminal = d.pop("zero_terminal_snr", False)
-        factories = {"linear": Schedule.linear, "cosine": Schedule.cosine}
-        if kind not in factories:
-            raise bad_value("schedule.kind", kind, f"one of {sorted(factories)}")
+        settings = {"linear": ("T", "beta_start", "beta_end"), "cosine": ("T", "s")}[kind]
+        other = [k for k in d if k not in settings]
+        if other:
+            raise UsageError(f"schedule.{other[0]}={d[other[0]]!r} is not a setting of the {kind} schedule; "
+                             f"it takes: {', '.join(settings)}, zero_terminal_snr")
         try:
-            schedule = factories[kind](**d)
-        except TypeError as e:
-            raise UsageError(f"schedule {kind!r} got unexpected settings {d}: {e}") from None
-        return schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
+            schedule = {"linear": Schedule.linear, "cosine": Schedule.cosine}[kind](**d)
+        except UsageError as e:
+            raise UsageError(f"schedule: {e}") from None
+        schedule = schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
+        ab = schedule.alpha_bar
+        if not torch.isfinite(ab).all() or ab[0] <= 0 or (ab > 1).any() or (ab < 0).any() or (ab[1:] >= ab[:-1]).any():
+            raise bad_value("schedule", d | {"kind": kind, "zero_terminal_snr": zero_terminal},
+                            "settings whose alpha_bar is finite, in [0, 1] and strictly decreasing from above 0 "
+                            "(zero_terminal_snr needs T >= 2)")
+        return schedule
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.spec)

@@ -216,8 +216,8 @@ def embed_captions(captions: Sequence[str], encoder: TextEncoder | str, cache_di
         try:
             atomic_write(cache_path(captions, name, folder), lambda f: np.save(f, embeddings.numpy()))
             break
-        except OSError as e:
-            errors.append(f"{folder}: {e.strerror or e}")
+        except (OSError, UsageError) as e:  # a full or read-only disk: the cache is only an optimisation
+            errors.append(f"{folder}: {getattr(e, 'strerror', None) or e}")
     else:
         warnings.warn(f"caption embeddings not cached ({'; '.join(errors)}); computed again next time", stacklevel=2)
     return embeddings

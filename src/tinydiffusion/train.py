@@ -143,7 +143,8 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
                            size=config.image_size, skip_bad_files=config.skip_bad_files)
     spec, contexts, examples = dataset_contexts(dataset, config.context, data=config.data, encoder=config.encoder,
                                                 context_file=config.context_file, progress=config.progress)
-    images = as_tensor(dataset.images).to(info.device)  # uint8 [N, 3, H, W], the whole set in (GPU) memory
+    # uint8 [N, 3, H, W], the whole set in (GPU) memory; a packed set stays on disk, read batch by batch
+    images = dataset.images if dataset.mapped else as_tensor(dataset.images).to(info.device)
     contexts = None if contexts is None else contexts.to(info.device)
     schedule = Schedule.linear(config.T) if config.schedule == "linear" else Schedule.cosine(config.T)
     zero_terminal = config.zero_terminal_snr if config.zero_terminal_snr is not None else config.prediction != "eps"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..errors import UsageError, bad_value
+from ..errors import bad_value
 
 ARCHS = ("unet", "course")
 
@@ -52,14 +52,14 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
-        d = dict(d)
+        """From the ``model`` section of a ``config.json``: typed and ranged by ``modelfile.MODEL`` first."""
+        from ..modelfile import MODEL, validate
+
+        d = validate(d, MODEL, "model")
         for key in ("mults", "attention"):
             if key in d:
                 d[key] = tuple(d[key])
-        try:
-            return ModelConfig(**d)
-        except TypeError as e:
-            raise UsageError(f"model config has unknown settings: {e}") from None
+        return ModelConfig(**d)
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
