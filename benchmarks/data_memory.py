@@ -34,7 +34,8 @@ import json, os, resource, sys, time
 import numpy as np, torch
 mode, images_path, labels_path, packed, batches, batch = sys.argv[1:7]
 batches, batch = int(batches), int(batch)
-from tinydiffusion.data import as_tensor, load_dataset, make_batch
+from tinydiffusion.batches import as_tensor, make_batch
+from tinydiffusion.data import load_dataset
 t0 = time.perf_counter()
 if mode == "baseline":
     images = None
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--prepare", help=argparse.SUPPRESS)  # (internal) make and pack the set in this folder
     args = parser.parse_args()
     if args.prepare:
-        from tinydiffusion.data import pack_dataset
+        from tinydiffusion.pack import pack_dataset
 
         t0 = time.perf_counter()
         images, labels = make_set(Path(args.prepare), args.images, args.size)

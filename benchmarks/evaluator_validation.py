@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from tinydiffusion.data import as_tensor, load_dataset
+from tinydiffusion.batches import as_tensor
+from tinydiffusion.data import load_dataset
 from tinydiffusion.evaluator import Ensemble, Evaluator, EvaluatorConfig, _train_member, holdout_accuracy, split
 
 

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import shapes
-from tinydiffusion.data import as_tensor, load_dataset, make_batch
+from tinydiffusion.batches import as_tensor, make_batch
+from tinydiffusion.data import load_dataset
 from tinydiffusion.errors import UsageError
 
 
@@ -128,14 +129,14 @@ def test_sixteen_bit_grey_png_keeps_its_gradient(tmp_path):
     ("La", (100, 255), (100, 100, 100)), ("RGBa", (5, 6, 7, 255), (5, 6, 7)),
 ])
 def test_to_rgb_handles_every_pillow_mode(mode, value, expected):
-    from tinydiffusion.data import to_rgb
+    from tinydiffusion.imagefile import to_rgb
 
     rgb = to_rgb(Image.new(mode, (3, 3), value))
     assert rgb.mode == "RGB" and rgb.getpixel((1, 1)) == expected
 
 
 def test_palette_and_grey_transparency_composite_on_black():
-    from tinydiffusion.data import to_rgb
+    from tinydiffusion.imagefile import to_rgb
 
     p = Image.new("P", (2, 1))
     p.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)

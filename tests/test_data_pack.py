@@ -8,7 +8,9 @@ from PIL import Image
 
 from conftest import shapes
 from tinydiffusion.cli import main
-from tinydiffusion.data import as_tensor, batch_images, load_dataset, make_batch, pack_dataset, sidecar
+from tinydiffusion.batches import as_tensor, batch_images, make_batch
+from tinydiffusion.data import load_dataset
+from tinydiffusion.pack import pack_dataset, sidecar
 from tinydiffusion.errors import UsageError
 
 

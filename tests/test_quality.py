@@ -8,7 +8,8 @@ from PIL import Image
 
 from conftest import TINY_TRAIN
 from tinydiffusion.cli import main
-from tinydiffusion.data import as_tensor, load_dataset, make_batch
+from tinydiffusion.batches import as_tensor, make_batch
+from tinydiffusion.data import load_dataset
 from tinydiffusion.errors import UsageError
 from tinydiffusion.evaluator import EvaluatorConfig, load_evaluator, split, train_evaluator
 

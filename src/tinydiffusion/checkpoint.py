@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .files import atomic_write
 from .modelfile import MODEL_FORMAT, EVALUATOR_FORMAT, check_config, read_json
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+STATE_FORMAT = 2  # the training state's layout: step, epoch, pos, elapsed, world, weights, optimizer
 
 
 def save_state(path: str | Path, state: dict[str, Any], kept: str | None = None) -> Path:
@@ -38,6 +40,21 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, never unpickle code
         raise UsageError(f"training state {path} could not be read safely: {e}") from None
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    """``load_state`` plus a check of every field the trainer relies on (format, types, finite numbers)."""
+    path = Path(path)
+    state = load_state(path)
+    need = {"format": int, "config": dict, "step": int, "epoch": int, "pos": int, "elapsed": float, "world": int,
+            "nonfinite_total": int, "restarts": int, "model": dict, "ema": dict, "optimizer": dict}
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UsageError(f"training state {path} is not a format-{STATE_FORMAT} tinydiffusion state (written by "
+                         f"another version?); start a new run with --overwrite")
+    for key, kind in need.items():
+        if not isinstance(state.get(key), kind) or (kind in (int, float) and not math.isfinite(state[key])):
+            raise UsageError(f"training state {path}: field {key!r} is missing or not a valid {kind.__name__}")
+    return state
 
 
 def export_model(directory: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:

@@ -252,7 +252,7 @@ def _data_info(args) -> int:
 
 
 def _data_pack(args) -> int:
-    from .data import pack_dataset, sidecar
+    from .pack import pack_dataset, sidecar
 
     d = pack_dataset(args.data, args.out, labels=args.labels, class_names=args.class_names, size=args.image_size,
                      skip_bad_files=args.skip_bad_files, overwrite=args.overwrite)

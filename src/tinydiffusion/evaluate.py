@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import checks, metrics, shard
-from .data import as_tensor, load_dataset, make_batch
+from .batches import as_tensor, make_batch
+from .data import load_dataset
 from .dist import DistInfo
 from .errors import UsageError, bad_value
 from .evaluator import Evaluator, load_evaluator

@@ -21,7 +21,8 @@ from torch import nn
 
 from . import checks
 from .checkpoint import WEIGHTS, check_weights, export_model, read_model
-from .data import as_tensor, load_dataset, make_batch
+from .batches import as_tensor, make_batch
+from .data import load_dataset
 from .dist import resolve_device
 from .errors import UsageError, bad_value
 

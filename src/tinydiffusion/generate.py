@@ -205,7 +205,7 @@ def _context_file(pipe: Pipeline, path: str) -> torch.Tensor:
 
 def _check_size(pipe: Pipeline, plan: SamplePlan, config: SampleConfig, folder: bool, info: DistInfo) -> None:
     """Refuse, before any work, what would not fit: a grid, an .npz or a GIF in memory, a folder on disk."""
-    N, (C, H, W) = plan.count, plan.shape
+    N, (_, H, W) = plan.count, plan.shape
     pixels = N * H * W * 3  # the uint8 pictures
     shared = 2 if info.world > 1 else 1  # rank 0 also holds the pickled copies it gathers
     need = pipe.batch_bytes(plan)

@@ -9,9 +9,13 @@ if its state is consistent at that moment.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from typing import Iterator
+
+FAULT_ENV = "TINYDIFFUSION_TEST_FAULT"
 
 
 class StopFlag:
@@ -48,3 +52,20 @@ def deferred_stop() -> Iterator[StopFlag]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def test_fault(rank: int, step: int) -> None:
+    """Tests only: ``FAULT_ENV="RANK:STEP:ACTION"`` makes that rank fail before that step, on a job's first
+    attempt (ACTION: raise, kill, or sleep=SECONDS), to prove what survives a failing or late process."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    want_rank, want_step, action = spec.split(":", 2)
+    if (int(want_rank), int(want_step)) != (rank, step):
+        return
+    if action == "raise":
+        raise RuntimeError(f"{FAULT_ENV}: rank {rank} fails at step {step}")
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("sleep="):
+        time.sleep(float(action.split("=", 1)[1]))

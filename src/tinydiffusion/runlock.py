@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, bad_value
 
 LOCK = ".lock"
 RUN_FILES = ("state.pt", "config.json", "metrics.csv", "model", "samples")  # what makes a folder a run
@@ -137,3 +137,53 @@ def move_aside(folder: Path) -> Path:
         target, k = folder.with_name(f"{folder.name}.old-{stamp}-{k}"), k + 1
     os.replace(folder, target)
     return target
+
+
+def claim_run(out: Path, resume: bool | str, overwrite: bool, holder: list, note) -> str:
+    """Rank 0 decides what a trainer does with ``out``: ``resume``, ``fresh`` or ``overwrite`` (or refuses).
+    The lock it takes is appended to ``holder``; ``note`` receives what the caller should tell the user."""
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise bad_value("out", str(out), "a folder for the run (that path is a file)")
+    stale: list[str] = []
+    lock = acquire(out, stale)  # refuses if another trainer owns it; a dead one's lock is taken over
+    for text in stale:
+        note(text)
+    has_state, has_run = (out / "state.pt").is_file(), holds_run(out)
+    try:
+        if resume is True and not has_state:
+            raise UsageError(f"training state {out / 'state.pt'} does not exist (nothing to resume); "
+                             f"drop --resume to start a new run, or use --resume auto")
+        if has_state and resume:
+            holder.append(lock)
+            return "resume"
+        if has_run and not (overwrite or (resume == "auto" and not (out / "model").exists())):
+            what = "a training state" if has_state else "an exported model" if (out / "model").exists() else "a run"
+            raise UsageError(f"run folder {out} already holds {what}; continue it with --resume, pass --overwrite "
+                             f"to move it aside (to {out.name}.old-<time>), or choose another --out")
+    except UsageError:
+        lock.release()
+        if not existed:
+            remove_empty(out)
+        raise
+    holder.append(lock)
+    if resume == "auto":
+        note(f"no training state in {out}: starting a fresh run")
+    return "overwrite" if has_run and overwrite else "fresh"
+
+
+def replace_run(out: Path, lock: RunLock, note) -> RunLock:
+    """``--overwrite``: move the old run aside whole (nothing deleted), take the lock in a fresh folder."""
+    moved = move_aside(out)
+    lock.move(moved)
+    new_lock = acquire(out, [])
+    lock.release()
+    note(f"--overwrite: moved the previous run to {moved}")
+    return new_lock
+
+
+def remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

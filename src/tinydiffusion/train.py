@@ -23,25 +23,22 @@ import numpy as np
 import torch
 
 from . import dist, runlock
-from .checkpoint import export_model, load_state, save_state
+from .checkpoint import STATE_FORMAT, export_model, read_training_state, save_state
 from .conditioning import dataset_contexts
-from .data import as_tensor, load_dataset, make_batch
+from .batches import as_tensor, make_batch
+from .data import load_dataset
 from .dist import autocast
 from .errors import UsageError, bad_value
 from .files import clean_stale_temps, write_json
 from .images import save_grid, to_uint8
-from .interrupts import deferred_stop
+from .interrupts import deferred_stop, test_fault
 from .loss import diffusion_loss
 from .models import build_model, count_parameters, preset
 from .pipeline import Pipeline
 from .runlog import MetricsLog, progress_bar
 from .schedule import Schedule
-from .trainconfig import BUDGET, DEFAULT_MINUTES, TrainConfig, resumed_config  # noqa: F401  (re-exported)
+from .trainconfig import TrainConfig, check_memory, resumed_config
 
-STATE_FORMAT = 2
-# Tests only: "RANK:STEP:ACTION" makes that rank fail before that step, on a job's first attempt
-# (ACTION: raise, kill, or sleep=SECONDS), to prove what survives a failing or late process.
-FAULT_ENV = "TINYDIFFUSION_TEST_FAULT"
 _DATA, _LOSS = 1, 2  # stream tags: data order per epoch; timesteps, noise, flips and dropout per step
 
 
@@ -83,50 +80,18 @@ def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = 
         resume = "auto"  # torchrun restarted the workers: continue the run this job started
     holder: list = []
     existed = out.exists()
-    mode = dist.agree(lambda: _claim(out, resume, overwrite, holder, note), info)
+    mode = dist.agree(lambda: runlock.claim_run(out, resume, overwrite, holder, note), info)
     try:
         return _train(config, out, mode, info, holder, note, notes)
     finally:
         if holder:
             holder[-1].release()
             if not existed:
-                _remove_empty(out)  # a run that failed before writing anything leaves no folder behind
-
-
-def _claim(out: Path, resume, overwrite: bool, holder: list, note) -> str:
-    """Rank 0 decides what this run does with ``out``: ``resume``, ``fresh`` or ``overwrite`` (or refuses)."""
-    existed = out.exists()
-    if existed and not out.is_dir():
-        raise bad_value("out", str(out), "a folder for the run (that path is a file)")
-    stale: list[str] = []
-    lock = runlock.acquire(out, stale)  # refuses if another trainer owns it; a dead one's lock is taken over
-    for text in stale:
-        note(text)
-    has_state, has_run = (out / "state.pt").is_file(), runlock.holds_run(out)
-    try:
-        if resume is True and not has_state:
-            raise UsageError(f"training state {out / 'state.pt'} does not exist (nothing to resume); "
-                             f"drop --resume to start a new run, or use --resume auto")
-        if has_state and resume:
-            holder.append(lock)
-            return "resume"
-        if has_run and not (overwrite or (resume == "auto" and not (out / "model").exists())):
-            what = "a training state" if has_state else "an exported model" if (out / "model").exists() else "a run"
-            raise UsageError(f"run folder {out} already holds {what}; continue it with --resume, pass --overwrite "
-                             f"to move it aside (to {out.name}.old-<time>), or choose another --out")
-    except UsageError:
-        lock.release()
-        if not existed:
-            _remove_empty(out)
-        raise
-    holder.append(lock)
-    if resume == "auto":
-        note(f"no training state in {out}: starting a fresh run")
-    return "overwrite" if has_run and overwrite else "fresh"
+                runlock.remove_empty(out)  # a run that failed before writing anything leaves no folder behind
 
 
 def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks: list, note, notes) -> TrainResult:
-    state = _read_state(out / "state.pt") if mode == "resume" else None
+    state = read_training_state(out / "state.pt") if mode == "resume" else None
     if state is not None:
         config = resumed_config(state["config"], config, str(out / "state.pt"))
         if state["world"] != info.world:
@@ -136,7 +101,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
         if config.batch_size % info.world:
             raise bad_value("batch_size", config.batch_size, f"a multiple of the {info.world} processes")
     config = config.with_budget()
-    _check_memory(config, preset(config.model).base, info)  # before the data is loaded and resized
+    check_memory(config, preset(config.model).base, info.device, info.world)  # before the data is loaded and resized
 
     # ---------------------------------------------------------------- data and model
     dataset = load_dataset(config.data, labels=config.labels, class_names=list(config.class_names or []) or None,
@@ -178,7 +143,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     B, main = config.batch_size, info.is_main
     if main:
         if mode == "overwrite":
-            locks.append(_replace_run(out, locks[-1], note))
+            locks.append(runlock.replace_run(out, locks[-1], note))
         for folder in (out, out / "model", out / "samples"):
             clean_stale_temps(folder)  # left by a writer killed mid-write; we hold the lock, nobody else writes
         write_json(out / "config.json", {"train": asdict(config), "model": model_config.to_dict(), "world": info.world,
@@ -232,7 +197,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
                 if pos + B > len(order):  # next epoch: a fresh order, the tail is dropped
                     epoch, pos = epoch + 1, 0
                     order = _epoch_order(len(dataset), weights, config.seed, epoch)
-                _test_fault(info.rank, step)
+                test_fault(info.rank, step)
                 t_start = time.perf_counter()
                 idx = order[pos:pos + B][info.rank::info.world].to(info.device)
                 g = torch.Generator().manual_seed(_stream_seed(config.seed, _LOSS, step, info.rank))
@@ -311,72 +276,9 @@ def _save_on_failure(checkpoint, where: dict, error: BaseException, note) -> Non
             note(f"could not save the state after the error: {e}")
 
 
-def _check_memory(config: TrainConfig, width: int, info: dist.DistInfo) -> None:
-    """Refuse a batch whose activations cannot fit, before allocating them. Measured peak for a forward and
-    backward pass: 5–17 KB per image pixel for the presets, about 300–470 bytes per channel of model width."""
-    need = 500.0 * width * (config.batch_size // info.world) * config.image_size**2
-    if info.device.type == "cuda":
-        have = torch.cuda.get_device_properties(info.device).total_memory
-        if need > have:
-            raise bad_value("batch_size", config.batch_size, f"a batch whose activations fit in the GPU's "
-                            f"{have / 2**30:.0f} GiB (about {need / 2**30:.1f} GiB needed at --image-size "
-                            f"{config.image_size})")
-        return
-    from . import checks
-
-    checks.memory("batch_size", config.batch_size, need, f"training batch (its activations at --image-size {config.image_size})")
-
-
-def _test_fault(rank: int, step: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        return
-    want_rank, want_step, action = spec.split(":", 2)
-    if (int(want_rank), int(want_step)) != (rank, step):
-        return
-    if action == "raise":
-        raise RuntimeError(f"{FAULT_ENV}: rank {rank} fails at step {step}")
-    if action == "kill":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action.startswith("sleep="):
-        time.sleep(float(action.split("=", 1)[1]))
-
-
 def _kept(step: int | None, out: Path) -> str:
     return f"the last good state (step {step}) is kept in {out / 'state.pt'}" if step is not None else \
         "no state had been saved yet"
-
-
-def _read_state(path: Path) -> dict:
-    state = load_state(path)
-    need = {"format": int, "config": dict, "step": int, "epoch": int, "pos": int, "elapsed": float, "world": int,
-            "nonfinite_total": int, "restarts": int, "model": dict, "ema": dict, "optimizer": dict}
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UsageError(f"training state {path} is not a format-{STATE_FORMAT} tinydiffusion state (written by "
-                         f"another version?); start a new run with --overwrite")
-    for key, kind in need.items():
-        if not isinstance(state.get(key), kind) or (kind in (int, float) and not math.isfinite(state[key])):
-            raise UsageError(f"training state {path}: field {key!r} is missing or not a valid {kind.__name__}")
-    return state
-
-
-def _replace_run(out: Path, lock, note):
-    """``--overwrite``: move the old run aside whole (nothing deleted), take the lock in a fresh folder."""
-    moved = runlock.move_aside(out)
-    lock.move(moved)
-    new_lock = runlock.acquire(out, [])
-    lock.release()
-    note(f"--overwrite: moved the previous run to {moved}")
-    return new_lock
-
-
-def _remove_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 def _stream_seed(seed: int, tag: int, *counters: int) -> int:
