@@ -11,8 +11,9 @@ import sys
 from dataclasses import fields
 from typing import Any, Sequence
 
+from .modelfile import SAMPLER_NAMES  # a standard-library-only module: --help stays torch-free
+
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler")  # the keys of samplers.SAMPLERS (a test keeps them equal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,15 +154,18 @@ def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
     p.add_argument("model", help="a shipped model (sprites, emoji) or an exported model folder (e.g. runs/train/model)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm (default), ddim, dpmpp_2m or euler")
-    p.add_argument("--steps", type=int, help="network evaluations (default: all T for ddpm, 50 for ddim and "
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm, ddim, dpmpp_2m or euler (default: the model "
+                                                            "card's recommendation, e.g. dpmpp_2m for the shipped models)")
+    p.add_argument("--steps", type=int, help="network evaluations (default: the model card's with its sampler; "
+                                             "else all T for ddpm, 50 for ddim and "
                                              "euler, 20 for dpmpp_2m)")
     p.add_argument("--eta", type=finite_float, help="ddim noise, 0 (deterministic, default) to 1")
     p.add_argument("--variance", choices=["large", "small"], help="ddpm noise level: beta_t (large) or beta~_t")
     p.add_argument("--no-extra-noise", dest="extra_noise", action="store_false", default=None,
                    help="ddpm without the added noise (shows the collapse to the data average)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
-    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default 1 = none; 2–5 typical)")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (1 = none; 2–5 typical; default: "
+                                                             "the model card's)")
     p.add_argument("--guidance-rescale", type=finite_float, help="guidance rescale phi in [0, 1] (default 0)")
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
     p.add_argument("--prediction", choices=["eps", "x0", "v"],
@@ -197,7 +201,13 @@ def _sample(args) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun the ranks share the work; the first one reports
         return 0
     per_image = result.seconds / result.count
-    print(f"{result.count} images with {values.get('sampler', 'ddpm')}, {result.nfe} network evaluations each: "
+    used = result.settings
+    carded = [k for k in ("sampler", "guidance") if k not in values]
+    if carded:
+        steps = "" if used["steps"] is None else f", {used['steps']} steps"
+        print(f"the model card's recommendation for {' and '.join(carded)}: {used['sampler']}{steps}, guidance "
+              f"{used['guidance']:g} (the textbook DDPM over all steps: --sampler ddpm --guidance 1)")
+    print(f"{result.count} images with {used['sampler']}, {result.nfe} network evaluations each: "
           f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
     for path in result.paths:
         print(f"  wrote {path}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,14 @@ PNG_FILE_BYTES = 4096  # one file-system block: what a small PNG of a streamed f
 @dataclass(frozen=True)
 class SampleConfig:
     model: str
-    sampler: str = "ddpm"
+    sampler: str | None = None  # None: the model card's recommendation (sampler, steps and guidance)
     steps: int | None = None
     eta: float | None = None
     variance: str | None = None
     extra_noise: bool = True
     spacing: str = "trailing"
     clip_x0: bool = False
-    guidance: float = 1.0
+    guidance: float | None = None
     guidance_rescale: float = 0.0
     prediction: str | None = None  # expectations checked against the model (never overrides)
     schedule: str | None = None
@@ -60,10 +60,12 @@ class SampleConfig:
         """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
         if not isinstance(self.model, (str, Path)) or not str(self.model).strip():
             raise bad_value("model", self.model, "a shipped model name or an exported model folder")
-        get_sampler(self.sampler, self.options())  # the name, the options it takes, their values
+        if self.sampler is not None:  # else checked again once the model's recommendation is known
+            get_sampler(self.sampler, self.options())  # the name, the options it takes, their values
         if self.steps is not None:
             checks.integer("steps", self.steps, low=1, allowed="a positive integer (at most the model's T)")
-        checks.finite("guidance", self.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance, 2–5 typical)")
+        if self.guidance is not None:
+            checks.finite("guidance", self.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance, 2–5 typical)")
         checks.finite("guidance_rescale", self.guidance_rescale, low=0, high=1)
         for key, allowed in (("prediction", ("eps", "x0", "v")), ("schedule", ("linear", "cosine")),
                              ("precision", ("fp32", "bf16"))):
@@ -116,6 +118,7 @@ class SampleResult:
     nfe: int  # network evaluations per image
     count: int
     rows: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the sampler, steps and guidance used (the card's, where not given)
 
 
 def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> SampleResult:
@@ -126,6 +129,8 @@ def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> S
 def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: DistInfo) -> SampleResult:
     expected_schedule = {"kind": config.schedule} if config.schedule else None
     pipe = pipeline or load(config.model, device=info.device, prediction=config.prediction, schedule=expected_schedule)
+    sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
+    config = replace(config, sampler=sampler, steps=steps, guidance=guidance)  # checked again, recorded as used
     rows, context = _rows(pipe, config)
     plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=config.sampler, steps=config.steps,
                      batch_size=config.batch_size, guidance=config.guidance, guidance_rescale=config.guidance_rescale,
@@ -160,12 +165,16 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     finally:
         hook.remove()
     if not info.is_main:
-        return SampleResult([], seconds, metadata["nfe"], plan.count, rows)
+        return SampleResult([], seconds, metadata["nfe"], plan.count, rows, _settings(config))
     pictures = np.concatenate(gathered) if gathered else None
     paths = [out if folder else _write(pictures, pipe, rows, context, config, json.dumps(metadata))]
     if recorder is not None:
         paths.append(save_gif(frames + [pictures], config.gif, ncol=config.n))
-    return SampleResult(paths, seconds, metadata["nfe"], plan.count, rows)
+    return SampleResult(paths, seconds, metadata["nfe"], plan.count, rows, _settings(config))
+
+
+def _settings(config: SampleConfig) -> dict:
+    return {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance}
 
 
 def _rows(pipe: Pipeline, config: SampleConfig) -> tuple[list[str], torch.Tensor | None]:

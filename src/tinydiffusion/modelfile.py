@@ -26,6 +26,7 @@ MAX_WIDTH = 16_384  # context vector width (text encoders: 384 to 4096)
 MAX_NAMES = 10_000  # class names
 NULL_WORDS = ("", "none", "null", "uncond", "unconditional")  # what ContextSpec.parse reads as "no context"
 NAME_SEPARATORS = (",", "+", "=")  # what ContextSpec.parse splits mixtures on
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler")  # the keys of samplers.SAMPLERS (a test keeps them equal)
 
 Check = Callable[[str, Any], Any]
 Section = dict[str, tuple[bool, Check]]  # field -> (required, check)
@@ -199,6 +200,11 @@ CONTEXT: Section = {
     "names": (False, list_of(class_name, 0, MAX_NAMES, distinct=True)),
     "encoder": (False, maybe(text)),
 }
+RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pipeline.sample and the studio use
+    "sampler": (True, one_of(*SAMPLER_NAMES)),
+    "steps": (True, whole(1, MAX_T)),
+    "guidance": (True, number(0, 100)),
+}
 TOP: Section = {
     "format": (False, one_of(MODEL_FORMAT)),
     "version": (False, text),
@@ -209,6 +215,7 @@ TOP: Section = {
     "examples": (False, list_of(example, 0, 64)),
     "training": (False, any_object),  # the run's settings, kept for the record; only "data" is read back
     "shipped_as": (False, text),
+    "recommended": (False, section(RECOMMENDED)),
 }
 EVALUATOR: Section = {
     "format": (True, one_of(EVALUATOR_FORMAT)),
@@ -268,6 +275,9 @@ def _consistent(config: dict[str, Any]) -> None:
     if "T" in model and model["T"] != schedule["T"]:
         raise UsageError(f"model.T={model['T']} disagrees with schedule.T={schedule['T']}; "
                          f"expected the same number of diffusion steps in both")
+    steps = config.get("recommended", {}).get("steps")
+    if steps is not None and steps > schedule["T"]:
+        raise bad_value("recommended.steps", steps, f"at most schedule.T = {schedule['T']}")
 
 
 def _kind(value: Any) -> str:

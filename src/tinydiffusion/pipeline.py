@@ -39,6 +39,22 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """The model card's sampling settings (``config.json`` ``recommended``: sampler, steps, guidance),
+        used when a caller gives none. A model exported without them gets DDPM over all T, unguided."""
+        card = self.config.get("recommended") or {}
+        return {"sampler": card.get("sampler", "ddpm"), "steps": card.get("steps"),
+                "guidance": float(card.get("guidance", 1.0))}
+
+    def resolve(self, sampler: str | None, steps: int | None, guidance: float | None) -> tuple:
+        """``(sampler, steps, guidance)`` with the model card's values where ``None``. Steps come from the
+        card only together with its sampler (``sampler="ddim"`` alone keeps DDIM's own default)."""
+        card = self.recommended
+        if sampler is None:
+            sampler, steps = card["sampler"], card["steps"] if steps is None else steps
+        return sampler, steps, card["guidance"] if guidance is None else guidance
+
     def to(self, device: str | torch.device) -> "Pipeline":
         self.model.to(device)
         return self
@@ -73,14 +89,16 @@ class Pipeline:
         return rows
 
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
-               sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
-               guidance_rescale: float = 0.0, precision: str = "fp32", callback: Callable | None = None,
+               sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
+               guidance: float | None = None, guidance_rescale: float = 0.0, precision: str = "fp32",
+               callback: Callable | None = None,
                **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
         ``guidance`` is the classifier-free guidance scale (1 = none); ``precision="bf16"`` autocasts the network.
+        ``sampler``, ``steps`` and ``guidance`` left at ``None`` come from the model card (``recommended``).
         Every argument is checked, and the memory the result needs estimated, before any work.
         """
         plan = self.plan(context, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, batch_size=batch_size,
@@ -91,9 +109,11 @@ class Pipeline:
         return torch.cat([x for _, x in self.run(plan, callback=callback)])
 
     def plan(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
-             sampler: str = "ddpm", steps: int | None = None, batch_size: int = 64, guidance: float = 1.0,
-             guidance_rescale: float = 0.0, precision: str = "fp32", **options: Any) -> "SamplePlan":
+             sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
+             guidance: float | None = None, guidance_rescale: float = 0.0, precision: str = "fp32",
+             **options: Any) -> "SamplePlan":
         """The arguments of ``sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet."""
+        sampler, steps, guidance = self.resolve(sampler, steps, guidance)
         rows = self.contexts(context)
         if seeds is None:
             n = checks.integer("n", _as_int(n), low=1)

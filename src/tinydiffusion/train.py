@@ -136,7 +136,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
 
     export_config = {"format": "tinydiffusion-model", "version": _version(), "model": model_config.to_dict(),
                      "schedule": schedule.to_dict(), "context": spec.to_dict(), "prediction": config.prediction,
-                     "examples": examples,
+                     "examples": examples, "recommended": _recommended(config, spec),
                      "training": {"data": config.data, "seed": config.seed, "config": asdict(config)}}
     total_steps = _total_steps(config, len(dataset))
     budget_s = 60.0 * config.minutes if config.minutes else None
@@ -279,6 +279,13 @@ def _save_on_failure(checkpoint, where: dict, error: BaseException, note) -> Non
 def _kept(step: int | None, out: Path) -> str:
     return f"the last good state (step {step}) is kept in {out / 'state.pt'}" if step is not None else \
         "no state had been saved yet"
+
+
+def _recommended(config: TrainConfig, spec) -> dict:
+    """The model card's sampling settings: DPM-Solver++(2M) in 10 steps, guided (3) when the network also
+    learned the unconditional model; the README's compare table and recipe study measured these best."""
+    guided = spec.kind != "none" and config.p_uncond > 0
+    return {"sampler": "dpmpp_2m", "steps": min(10, config.T), "guidance": 3.0 if guided else 1.0}
 
 
 def _stream_seed(seed: int, tag: int, *counters: int) -> int:
