@@ -71,6 +71,17 @@ def schedule():
 TINY_TRAIN = ["--model", "tiny", "--image-size", "8", "--T", "50", "--batch-size", "16", "--no-progress"]
 
 
+def train_tiny(root, steps: int, *extra: str):
+    """``root/shapes.npz`` and a tiny model trained on it by the CLI into ``root/run`` (its export in ``run/model``)."""
+    from tinydiffusion.cli import main
+
+    images, labels, names = shapes()
+    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
+    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", str(steps),
+                 *extra, *TINY_TRAIN]) == 0
+    return root / "run"
+
+
 class MixtureOracle:
     """Data ~ ½ N(mu1, s²) + ½ N(mu2, s²) per pixel: the exact posterior mean E[x0 | x_t] gives eps_hat."""
 

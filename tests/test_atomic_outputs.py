@@ -89,14 +89,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from conftest import shapes
+    from conftest import train_tiny
 
-    root = tmp_path_factory.mktemp("atomic")
-    images, labels, names = shapes()
-    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
-    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", "2",
-                 *TINY_TRAIN]) == 0
-    return str(root / "run" / "model")
+    return str(train_tiny(tmp_path_factory.mktemp("atomic"), 2) / "model")
 
 
 def test_a_failing_npz_write_keeps_the_old_samples(model, tmp_path, monkeypatch):
@@ -175,7 +170,7 @@ def test_a_folder_streams_what_an_npz_could_not_hold(model, tmp_path, monkeypatc
 
     pipe = load(model)
     monkeypatch.setattr(checks, "available_memory", lambda: 800e3)
-    settings = dict(sampler="ddim", steps=1, n=200, batch_size=4)
+    settings = dict(sampler="ddim", steps=1, guidance=1.0, n=200, batch_size=4)
     with pytest.raises(UsageError, match="n=200 is not allowed: expected a size whose 600 images"):
         sample_to_files(SampleConfig(model, out=str(tmp_path / "all.npz"), **settings), pipe)
     assert not (tmp_path / "all.npz").exists()

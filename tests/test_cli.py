@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_TRAIN
 from tinydiffusion.cli import main
 
 
@@ -27,13 +26,10 @@ def test_python_dash_m_works():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import shapes
+    from conftest import train_tiny
 
     root = tmp_path_factory.mktemp("cli")
-    images, labels, names = shapes()
-    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
-    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", "4",
-                 "--sample-every", "2", *TINY_TRAIN]) == 0
+    train_tiny(root, 4, "--sample-every", "2")
     return root
 
 

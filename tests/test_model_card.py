@@ -16,14 +16,9 @@ from tinydiffusion.pipeline import load
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from conftest import TINY_TRAIN, shapes
+    from conftest import train_tiny
 
-    root = tmp_path_factory.mktemp("card")
-    images, labels, names = shapes()
-    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
-    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", "2",
-                 *TINY_TRAIN]) == 0
-    return root / "run" / "model"
+    return train_tiny(tmp_path_factory.mktemp("card"), 2) / "model"
 
 
 def test_an_exported_model_recommends_dpm_solver_guided(model):

@@ -11,20 +11,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN
 from tinydiffusion.cli import main
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import shapes
+    from conftest import train_tiny
     from tinydiffusion.evaluator import EvaluatorConfig, train_evaluator
 
     root = tmp_path_factory.mktemp("shard")
-    images, labels, names = shapes()
-    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
-    assert main(["train", "--data", str(root / "shapes.npz"), "--out", str(root / "run"), "--steps", "3",
-                 *TINY_TRAIN]) == 0
+    train_tiny(root, 3)
     train_evaluator(EvaluatorConfig(data=str(root / "shapes.npz"), out=str(root / "ev"), size=8, low_size=4, width=8,
                                     epochs=2, members=1, batch_size=16, progress=False))
     return root
