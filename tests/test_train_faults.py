@@ -187,6 +187,42 @@ def test_disk_full_at_a_later_checkpoint_is_one_line_and_keeps_the_previous_stat
     assert load_state(out / "state.pt")["step"] == 12
 
 
+def test_a_disk_turned_read_only_mid_run_is_one_line_and_keeps_the_previous_state(shapes_npz, tiny_disk, monkeypatch,
+                                                                                  capsys):
+    real, saves = train_module.save_state, [0]
+
+    def read_only_after_first(path, state, kept=None):
+        result = real(path, state, kept=kept)
+        saves[0] += 1
+        if saves[0] == 1:
+            subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+        return result
+
+    monkeypatch.setattr(train_module, "save_state", read_only_after_first)
+    out = tiny_disk / "run"
+    code = main(["train", "--data", str(shapes_npz), "--out", str(out), "--model", "tiny", "--image-size", "8", "--T",
+                 "50", "--steps", "12", "--checkpoint-every", "4", "--sample-every", "1000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "read-only file system while writing" in err and "the previous state at step 4 is intact" in err
+    assert load_state(out / "state.pt")["step"] == 4
+    subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+    (out / ".lock").unlink()  # what this process's exit would make stale (it could not remove it read-only)
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert load_state(out / "state.pt")["step"] == 12
+
+
+def test_a_read_only_run_folder_is_refused_in_one_line(shapes_npz, tiny_disk, capsys):
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    try:
+        code = main(["train", "--data", str(shapes_npz), "--out", str(tiny_disk / "run"), "--steps", "2",
+                     "--no-progress"])
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be written (read-only file system)" in err and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------------- owning a run folder
 def test_a_second_trainer_on_a_busy_folder_is_refused_naming_the_holder(shapes_npz, tmp_path, capsys):
     out = tmp_path / "run"

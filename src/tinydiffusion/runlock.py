@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError, bad_value
+from .files import disk_error
 
 LOCK = ".lock"
 RUN_FILES = ("state.pt", "config.json", "metrics.csv", "model", "samples")  # what makes a folder a run
@@ -31,7 +32,10 @@ class RunLock:
     def release(self) -> None:
         """Remove the lock if it is still ours (a later owner's lock is left alone)."""
         if read_owner(self.path) == self.owner:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:  # a disk turned read-only: the next trainer finds this PID dead and takes over
+                pass
 
     def move(self, folder: Path) -> None:
         self.path = folder / LOCK
@@ -76,11 +80,19 @@ def describe(owner: dict | None) -> str:
 
 def acquire(folder: Path, notes: list[str]) -> RunLock:
     """Take ``folder/.lock`` or refuse, naming its holder; stale locks are reported in ``notes`` and taken over."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _acquire(folder, path, notes)
+    except OSError as e:  # a read-only or full disk, a folder we may not write: one line, nothing changed
+        raise UsageError(f"run folder {folder} cannot be written ({disk_error(e) or e.strerror or e}); "
+                         f"nothing was changed there") from None
+
+
+def _acquire(folder: Path, path: Path, notes: list[str]) -> RunLock:
+    command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200] if sys.argv else "?"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": _start_time(os.getpid()),
-          "started": time.time(), "job": os.environ.get("TORCHELASTIC_RUN_ID"), "command": " ".join(os.path.basename(a) if i == 0 else a
-                                                      for i, a in enumerate(sys.argv))[:200]}
+          "started": time.time(), "job": os.environ.get("TORCHELASTIC_RUN_ID"), "command": command}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .files import write_text
+from .errors import UsageError
+from .files import disk_error, write_text
 
 LOG_INTERVAL_S = 10.0  # when stderr is a log file rather than a terminal: one progress line at most this often
 
@@ -45,11 +46,15 @@ class MetricsLog:
         line = io.StringIO()
         csv.writer(line, lineterminator="\n").writerow(
             [step, epoch, f"{loss:.6f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.2f}", nonfinite, restarts])
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, line.getvalue().encode())  # one write of one whole line: readers never see half a row
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, line.getvalue().encode())  # one write of one whole line: readers never see half a row
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise UsageError(f"{disk_error(e) or e.strerror or e} while writing {self.path}; the rows before "
+                             f"step {step} are intact") from None
 
 
 def _int(text) -> int | None:
