@@ -23,8 +23,14 @@ demo: $(STAMP)
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 25 --out $(RUN)/train_ddim25.png
 	@echo "Everything is in $(RUN)/: shipped_*.png/gif (the shipped model), train/ (the run: model/, samples/,"
 	@echo "metrics.csv), train_*.png/gif (its samples). Each grid has one row per class."
+	@echo "To steer, watch and compare live in a browser: $(BIN)/tinydiffusion serve --runs runs  (then open http://127.0.0.1:8000)"
 
+# The browser tests drive Debian's chromium (Playwright cannot download its own browsers here); install it
+# when missing, and where apt is not usable (not root, not Debian) those tests skip with the reason.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "note: could not install chromium with apt-get; the browser tests will be skipped"
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
@@ -34,7 +40,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,plot,text,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,text,bench,serve]'
 	touch $(STAMP)
 
 clean:

@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_sample(commands)
     _add_data(commands)
+    _add_serve(commands)
     from .cli_quality import add_commands
 
     add_commands(commands, _given)
+    from . import cli_edit
+
+    cli_edit.add_commands(commands, _given)
     from .cli_bench import add_command
 
     add_command(commands, _given)
@@ -272,6 +276,31 @@ def _data_pack(args) -> int:
           + (f", {d.skipped} bad files skipped" if d.skipped else ""))
     print(f"  labels, class names, captions: {sidecar(args.out)}")
     print(f"  train from disk: tinydiffusion train --data {args.out} --image-size {d.size}")
+    return 0
+
+
+# ---------------------------------------------------------------------- serve
+def _add_serve(commands) -> None:
+    p = commands.add_parser("serve", help="the studio: a local web page to steer, watch and compare sampling",
+                            description="Start the studio (needs the 'serve' extra): a web page and JSON API to sample "
+                                        "the shipped models and the models exported under --runs, watch denoising "
+                                        "live, compare samplers and follow training runs. Binds 127.0.0.1 by default.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the "
+                                                      "studio to the network, with a warning)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
+                   help="folders of training runs to list and monitor (default: runs, if it exists)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--queue", type=int, default=8, help="jobs that may wait for the worker before requests are "
+                                                        "told 429 (default 8)")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args) -> int:
+    from .studio.server import serve
+
+    runs = args.runs if args.runs is not None else (["runs"] if os.path.isdir("runs") else [])
+    serve(args.host, args.port, runs, args.device, args.queue)
     return 0
 
 

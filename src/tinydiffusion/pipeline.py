@@ -163,6 +163,46 @@ class Pipeline:
         b = min(plan.batch_size, plan.count)
         return b * (2 if plan.guided else 1) * 4 * H * W * (8 * width + 4 * C) + b * 5 * 1024
 
+    # ------------------------------------------------------------------ editing (edit.py, editing.py)
+    def img2img(self, images: torch.Tensor, context: ContextLike = None, *, strength: float, n: int = 1,
+                seed: int = 0, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                callback: Callable | None = None, **options: Any) -> torch.Tensor:
+        """SDEdit: ``images`` ``[3, H, W]`` or ``[B, 3, H, W]`` in ``[-1, 1]`` re-dressed with ``context``,
+        ``[R·n, 3, H, W]`` (row ``r`` edits input ``r`` with context row ``r``; one of either serves every row;
+        column ``j`` has seed ``seed + j``). ``strength`` in ``(0, 1]`` runs the last ``round(strength·steps)``
+        (half up, at least 1) steps of the sampler's grid (1: ``sample`` from the same seed, the input ignored;
+        the rule is in ``edit.py``)."""
+        from .editing import plan_edit, run_edit
+
+        job = plan_edit(self, images, context, strength=strength, n=n, seed=seed, sampler=sampler, steps=steps,
+                        guidance=guidance, **options)
+        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+
+    def inpaint(self, images: torch.Tensor, mask: torch.Tensor, context: ContextLike = None, *, n: int = 1,
+                seed: int = 0, steps: int | None = None, guidance: float | None = None, jump_length: int = 10,
+                resample: int = 1, strength: float = 1.0, callback: Callable | None = None,
+                **options: Any) -> torch.Tensor:
+        """RePaint: regenerate where ``mask`` (``[H, W]``, ``[1, H, W]`` or one per row; 1 = keep, 0 = generate)
+        is 0, over DDPM steps (default 50), the kept pixels exact; ``resample > 1`` jumps back ``jump_length``
+        steps ``resample - 1`` times at every ``jump_length``-th step (better harmony, more network evaluations)."""
+        from .editing import plan_edit, run_edit
+
+        job = plan_edit(self, images, context, mask, strength=strength, n=n, seed=seed, steps=steps,
+                        guidance=guidance, jump_length=jump_length, resample=resample, **options)
+        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+
+    def interpolate(self, seed_a: int = 0, seed_b: int = 1, *, frames: int = 9, context: ContextLike = None,
+                    context_to: str | None = None, sampler: str | None = None, steps: int | None = None,
+                    guidance: float | None = None, callback: Callable | None = None, **options: Any) -> torch.Tensor:
+        """``[frames, 3, H, W]`` from the slerp of the two seeds' noises (and ``context`` → ``context_to``) with a
+        deterministic sampler: the first and last frames are the two seeds' samples."""
+        from .interpolate import plan_interpolate
+        from .editing import run_edit
+
+        job = plan_interpolate(self, seed_a, seed_b, frames=frames, context=context, context_to=context_to,
+                               sampler=sampler, steps=steps, guidance=guidance, **options)
+        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+
 
 @dataclass(frozen=True, eq=False)
 class SamplePlan:

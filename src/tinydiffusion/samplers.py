@@ -7,7 +7,8 @@ into ``(t, t_prev)`` pairs, with the clean state written as ``t_prev = -1`` (``a
 so the last step lands exactly on the predicted ``x0``. ``generator`` is ``None``, one
 ``torch.Generator`` or a list with one generator per image (then each image's noise depends
 only on its own generator, not on the batch it is in). ``callback(i, t, x_t, x0_hat)`` sees the
-state entering step ``i`` and that step's prediction of the clean image.
+state entering step ``i`` and that step's prediction of the clean image. ``start = k`` skips the
+first ``k`` steps of the grid: ``x_T`` is then the state at ``grid[k]`` (img2img, ``edit.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
          steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
          variance: str = "large", extra_noise: bool = True, spacing: str = "trailing",
-         clip_x0: bool = False) -> torch.Tensor:
+         clip_x0: bool = False, start: int = 0) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), on any sub-grid of the ``T`` steps.
 
     ``variance="large"`` uses ``sigma² = beta_t``, ``"small"`` the posterior's ``beta~_t`` (eq. 7).
@@ -37,16 +38,12 @@ def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
     if variance not in ("large", "small"):
         raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
     x = x_T
-    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=schedule.T)):
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("ddpm", schedule), start)):
         eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
-        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
-        beta = 1.0 - ab_t / ab_prev  # the beta of the jump t -> t_prev (eq. 2 over skipped steps)
-        # posterior mean mu~_t(x_t, x0_hat), eq. 7
-        x = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
+        x, var = posterior(schedule, x, x0_hat, t, t_prev, variance)  # mu~_t(x_t, x0_hat) and sigma_t², eq. 7
         if t_prev >= 0 and extra_noise:
-            var = beta if variance == "large" else (1 - ab_prev) / (1 - ab_t) * beta
             x = x + math.sqrt(var) * noise_like(x, generator)  # + sigma_t z, z ~ N(0, I)
     return x
 
@@ -54,12 +51,12 @@ def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
 @torch.no_grad()
 def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
          steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
-         eta: float = 0.0, spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
+         eta: float = 0.0, spacing: str = "trailing", clip_x0: bool = False, start: int = 0) -> torch.Tensor:
     """Song et al. 2021, eq. 12: jump to ``t_prev`` through the predicted ``x0``; ``eta`` scales the noise."""
     if not 0.0 <= eta <= 1.0:
         raise bad_value("eta", eta, "a number from 0 (deterministic) to 1 (DDPM-like)")
     x = x_T
-    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(50, schedule.T))):
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("ddim", schedule), start)):
         eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
@@ -75,11 +72,11 @@ def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
 @torch.no_grad()
 def dpmpp_2m(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
              steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
-             spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
+             spacing: str = "trailing", clip_x0: bool = False, start: int = 0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data prediction, second-order multistep in
     ``lambda = log(alpha/sigma)``; first order on the first step and on the final step to the clean state."""
     x, x0_last, h_last = x_T, None, None
-    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(20, schedule.T))):
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("dpmpp_2m", schedule), start)):
         _, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
@@ -100,14 +97,14 @@ def dpmpp_2m(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor
 @torch.no_grad()
 def euler(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
           steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
-          spacing: str = "trailing", clip_x0: bool = False) -> torch.Tensor:
+          spacing: str = "trailing", clip_x0: bool = False, start: int = 0) -> torch.Tensor:
     """Euler steps on the probability-flow ODE ``dx/dsigma = (x - x0_hat)/sigma`` in the variance-exploding
     variables ``x/alpha``, ``sigma/alpha`` (Karras et al. 2022, eq. 3 and Alg. 1 as first order).
 
     It is DDIM(eta=0) written as an ODE solver: the two agree to rounding, which the tests check.
     """
     x = x_T
-    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default=min(50, schedule.T))):
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("euler", schedule), start)):
         eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
@@ -129,11 +126,40 @@ def euler(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler}
 
 
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50}  # None: all T
+
+
 # ---------------------------------------------------------------------- shared helpers
-def time_pairs(schedule: Schedule, steps: int | None, spacing: str, default: int) -> list[tuple[int, int]]:
-    """``[(t, t_prev), …]`` from one explicit grid; the last ``t_prev`` is the clean state ``-1``."""
+def default_steps(name: str, schedule: Schedule) -> int:
+    """The steps sampler ``name`` takes when given ``steps=None`` (never more than ``T``)."""
+    n = DEFAULT_STEPS[name]
+    return schedule.T if n is None else min(n, schedule.T)
+
+
+def grid(name: str, schedule: Schedule, steps: int | None = None, spacing: str = "trailing") -> list[int]:
+    """The whole descending grid sampler ``name`` walks for ``steps`` (without the clean state ``-1``)."""
+    return schedule.timesteps(default_steps(name, schedule) if steps is None else steps, spacing)
+
+
+def time_pairs(schedule: Schedule, steps: int | None, spacing: str, default: int,
+               start: int = 0) -> list[tuple[int, int]]:
+    """``[(t, t_prev), …]`` from one explicit grid, from its step ``start`` on; the last ``t_prev`` is the
+    clean state ``-1``."""
     grid = schedule.timesteps(default if steps is None else steps, spacing)
-    return list(zip(grid, grid[1:] + [-1]))
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(grid):
+        raise bad_value("start", start, f"a step index of the {len(grid)}-step grid (0..{len(grid) - 1})")
+    return list(zip(grid, grid[1:] + [-1]))[start:]
+
+
+def posterior(schedule: Schedule, x: torch.Tensor, x0_hat: torch.Tensor, t: int, t_prev: int,
+              variance: str = "large") -> tuple[torch.Tensor, float]:
+    """``(mu~, sigma²)`` of the step ``t -> t_prev`` (Ho et al. 2020, eq. 7): the ancestral step's mean and its
+    variance, ``beta_t`` (``"large"``) or the posterior's ``beta~_t`` (``"small"``)."""
+    ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+    beta = 1.0 - ab_t / ab_prev  # the beta of the jump t -> t_prev (eq. 2 over skipped steps)
+    # posterior mean mu~_t(x_t, x0_hat), eq. 7
+    mean = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
+    return mean, beta if variance == "large" else (1 - ab_prev) / (1 - ab_t) * beta
 
 
 def predict(model, schedule: Schedule, x: torch.Tensor, t: int, context: torch.Tensor | None,

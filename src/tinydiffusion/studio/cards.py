@@ -1,0 +1,59 @@
+"""A listed model's card: what it conditions on, its size, its recommended settings, how it was trained."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .params import SampleParams, resolve
+from .runfiles import read_metrics, readme
+
+log = logging.getLogger("tinydiffusion.studio")
+
+
+def card(entry) -> dict[str, Any]:
+    """The ``GET /api/models`` entry of a ``catalog.ModelEntry`` (docs/studio_api.md)."""
+    c = entry.config
+    out = {"name": entry.name, "source": entry.source, "available": entry.available, "reason": entry.reason}
+    if not c:
+        return out
+    context = c.get("context") or {"kind": "none"}
+    sampler, steps, guidance = resolve(SampleParams(entry.name), c)
+    out.update({"kind": context["kind"], "classes": list(context.get("names") or []),
+                "examples": entry.default_rows if context["kind"] == "text" else [],
+                "image_size": c["model"]["image_size"], "parameters": parameters(c),
+                "prediction": c.get("prediction", "eps"), "T": c["schedule"]["T"], "schedule": c["schedule"].get("kind"),
+                "defaults": {"sampler": sampler, "steps": steps, "guidance": guidance},
+                "card": {"trained": trained(c, entry.run), "readme": readme(entry.path),
+                         "training": (c.get("training") or {}).get("config")}})
+    return out
+
+
+def parameters(config: dict[str, Any]) -> int | None:
+    """The network's parameter count, from its config (the network is built, no weights read)."""
+    from ..models import ModelConfig, build_model, count_parameters
+
+    try:
+        return count_parameters(build_model(ModelConfig.from_dict(config["model"])))
+    except (UsageError, KeyError, TypeError, ValueError) as e:
+        log.warning("could not count the parameters of a model: %s", e)
+        return None
+
+
+def trained(config: dict[str, Any], run: Path | None) -> str:
+    """One line: data, preset, size, batch, learning rate, budget, device, seed (and the steps a run logged)."""
+    t = (config.get("training") or {}).get("config") or {}
+    if not t:
+        return "not recorded"
+    budget = (f"{t['steps']} steps" if t.get("steps") else f"{t['epochs']:g} epochs" if t.get("epochs")
+              else f"{t['minutes']:g} minutes" if t.get("minutes") else "default budget")
+    parts = [f"{t.get('data', '?')} data", f"{t.get('model', '?')} preset", f"{t.get('image_size', '?')} px",
+             f"batch {t.get('batch_size', '?')}", f"lr {t.get('lr', '?')}", budget,
+             f"{t.get('device', '?')} {t.get('precision', '')}".strip(), f"seed {t.get('seed', '?')}"]
+    if run is not None:
+        metrics = read_metrics(run / "metrics.csv", 2, limit=8192)
+        if metrics["step"]:
+            parts.append(f"{int(metrics['step'][-1])} steps done in {metrics['elapsed_s'][-1] or 0:.0f} s")
+    return ", ".join(parts)

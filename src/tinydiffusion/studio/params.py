@@ -1,0 +1,195 @@
+"""The sampling parameters of a request (JSON body or query string), checked like the CLI before any work.
+
+``parse`` checks what needs no model (types, ranges, the sampler and its options) with the library's own
+checks, so the messages are the CLI's; ``for_model`` then checks what needs the listed model's config
+(steps <= T, class names, how many images in all) without loading its weights. What needs the network or
+the text encoder (prompts) is checked by ``Pipeline.plan`` on the worker, with the same messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+from .. import checks
+from ..errors import UsageError, bad_value
+
+MAX_IMAGES = 64  # images in one request, all rows together
+MAX_ROWS = 8  # context rows (a list of contexts)
+MAX_PROMPT = 200  # characters of one context string or prompt
+MAX_SETTINGS = 4  # compare: 2..4 settings
+DEFAULT_N = 4
+KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n")
+# The samplers' own step counts when neither the request nor the model card gives one (samplers.py)
+SAMPLER_STEPS = {"ddpm": lambda T: T, "ddim": lambda T: min(50, T), "euler": lambda T: min(50, T),
+                 "dpmpp_2m": lambda T: min(20, T)}
+_INT = re.compile(r"[+-]?\d{1,25}")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    model: str
+    context: tuple[str, ...] | None = None  # None: the model's default rows (every class / example captions)
+    context_to: str | None = None  # blend the one context towards this one …
+    mix: float | None = None  # … at this weight (0 = context, 1 = context_to)
+    sampler: str | None = None  # None: the model's recommended settings
+    steps: int | None = None
+    guidance: float | None = None
+    guidance_rescale: float = 0.0
+    eta: float | None = None
+    seed: int = 0
+    n: int = DEFAULT_N
+
+    def options(self) -> dict[str, Any]:
+        """Sampler options (only DDIM takes one here: ``eta``)."""
+        return {} if self.eta is None else {"eta": self.eta}
+
+    def metadata(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str, ...] = ()) -> SampleParams:
+    """``SampleParams`` from a JSON object (or query parameters, all strings, when ``from_query``).
+
+    ``allow`` names extra keys the caller handles itself (compare's ``settings``); any other key is refused."""
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"the request body is {type(raw).__name__}; expected a JSON object of sampling parameters")
+    unknown = [k for k in raw if k not in KEYS and k not in allow]
+    if unknown:
+        raise UsageError(f"unknown parameter {str(unknown[0])[:40]!r}; known: {', '.join(KEYS + allow)}")
+    get = (lambda k: _from_text(k, raw.get(k))) if from_query else raw.get
+    values = {k: get(k) for k in KEYS if get(k) is not None}
+    if "model" not in values:
+        raise bad_value("model", None, "the name of a listed model (GET /api/models)")
+    model = values["model"]
+    if not isinstance(model, str) or not model.strip() or len(model) > 300:
+        raise bad_value("model", model if not isinstance(model, str) else model[:80],
+                        "the name of a listed model (GET /api/models)")
+    p = SampleParams(model=model)
+    if "context" in values:
+        p = replace(p, context=_contexts(values["context"]))
+    if "context_to" in values:
+        if p.context is None or len(p.context) != 1:
+            raise bad_value("context_to", _short(values["context_to"]), "a blend target together with exactly one "
+                                                                         "context to start from")
+        p = replace(p, context_to=_text("context_to", values["context_to"]),
+                    mix=checks.finite("mix", values.get("mix", 0.5), low=0, high=1,
+                                      allowed="a weight from 0 (the first context) to 1 (the second)"))
+    elif "mix" in values:
+        raise bad_value("mix", values["mix"], "a weight only together with context_to")
+    n = checks.integer("n", values.get("n", DEFAULT_N), low=1, high=MAX_IMAGES,
+                       allowed=f"an integer number of images per row in 1..{MAX_IMAGES}")
+    p = replace(p, n=n, seed=checks.seed("seed", values.get("seed", 0), n))
+    if "steps" in values:
+        p = replace(p, steps=checks.integer("steps", values["steps"], low=1,
+                                            allowed="a positive integer (at most the model's T)"))
+    if "guidance" in values:
+        p = replace(p, guidance=checks.finite("guidance", values["guidance"], low=0,
+                                              allowed="a finite number >= 0 (1 = no guidance, 2–5 typical)"))
+    if "guidance_rescale" in values:
+        p = replace(p, guidance_rescale=checks.finite("guidance_rescale", values["guidance_rescale"], low=0, high=1))
+    if "sampler" in values:
+        p = replace(p, sampler=values["sampler"])
+    if "eta" in values:
+        eta = checks.finite("eta", values["eta"], low=0, high=1, allowed="a number from 0 (deterministic) to 1")
+        # eta = 0 is every other sampler's behaviour too, so a page may send it always; a non-zero eta is DDIM's
+        p = replace(p, eta=None if eta == 0 and p.sampler not in (None, "ddim") else eta)
+    if p.sampler is not None:
+        sampler_options(p.sampler, p)
+    return p
+
+
+def sampler_options(sampler: str, p: SampleParams) -> dict[str, Any]:
+    """The options ``sampler`` gets from ``p``, checked by the library (an option it does not take is refused)."""
+    from ..pipeline import get_sampler
+
+    get_sampler(sampler, p.options())
+    return p.options()
+
+
+def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
+    """``(sampler, steps, guidance)``: the request's values, else the model card's (``recommended``), else the
+    sampler's own defaults. The card's steps come only with its sampler, as in ``Pipeline.resolve``."""
+    card = config.get("recommended") or {}
+    T = int(config["schedule"]["T"])
+    sampler, steps = p.sampler, p.steps
+    if sampler is None:
+        sampler = card.get("sampler", "ddpm")
+        steps = card.get("steps") if steps is None else steps
+    guidance = float(card.get("guidance", 1.0)) if p.guidance is None else p.guidance
+    if steps is None:
+        steps = SAMPLER_STEPS[sampler](T) if sampler in SAMPLER_STEPS else None
+    return sampler, steps, guidance
+
+
+def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
+    """What needs the model's config: steps <= T, the resolved sampler's options, class names, image count."""
+    from ..context import ContextSpec
+    from ..schedule import Schedule
+
+    sampler, steps, _ = resolve(p, config)
+    sampler_options(sampler, p)
+    if steps is not None:
+        Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
+    context = config.get("context") or {"kind": "none", "width": 0}
+    rows = 1 if p.context_to is not None else len(p.context) if p.context is not None else \
+        max(1, min(MAX_ROWS, default_rows))  # the default rows: the first 8 classes or example captions
+    if context["kind"] != "text" and p.context is not None:  # prompts need the encoder: checked on the worker
+        texts = list(p.context) + ([p.context_to] if p.context_to is not None else [])
+        ContextSpec.from_dict(context).parse_many(texts)  # class names and weights, the CLI's messages
+    if rows * p.n > MAX_IMAGES:
+        raise bad_value("n", p.n, f"at most {MAX_IMAGES // rows} images per row here ({rows} context rows × n "
+                                  f"must be at most {MAX_IMAGES} images)")
+
+
+def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:
+    """Compare's ``settings``: 2..4 ``SAMPLER:STEPS`` strings (steps <= T when ``T`` is given)."""
+    from ..compare import parse_setting
+
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not 2 <= len(raw) <= MAX_SETTINGS:
+        raise bad_value("settings", _short(raw), f"a list of 2 to {MAX_SETTINGS} SAMPLER:STEPS strings such as "
+                                                 f"['ddpm:500', 'dpmpp_2m:10']")
+    parsed = [parse_setting(s if isinstance(s, str) else repr(s)[:40]) for s in raw]
+    for text, (_, steps) in zip(raw, parsed):
+        if T is not None and steps > T:
+            raise bad_value("settings", text, f"steps in 1..{T} (this model's T)")
+    return parsed
+
+
+def _contexts(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not 1 <= len(items) <= MAX_ROWS:
+        raise bad_value("context", _short(value), f"a string or a list of 1 to {MAX_ROWS} strings (class names, "
+                                                  f"mixtures like 'hero=1,item=0.6', 'none', or prompts)")
+    return tuple(_text("context", c) for c in items)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad_value(name, _short(value), "a string")
+    if len(value) > MAX_PROMPT:
+        raise bad_value(name, value[:40] + "…", f"at most {MAX_PROMPT} characters (this one has {len(value)})")
+    return value
+
+
+def _from_text(key: str, value: Any) -> Any:
+    """Query values are strings: numbers become numbers where they parse (else the checks refuse the text);
+    an empty value counts as not given."""
+    if isinstance(value, list):
+        return [v for v in value if v != ""] or None
+    if value is None or value == "":
+        return None
+    if key in ("steps", "seed", "n"):
+        return int(value) if _INT.fullmatch(value) else value
+    if key in ("mix", "guidance", "guidance_rescale", "eta"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _short(value: Any) -> Any:
+    text = repr(value)
+    return value if len(text) <= 60 else text[:57] + "…"
