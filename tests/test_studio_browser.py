@@ -254,3 +254,40 @@ def test_training_monitor_draws_the_runs_curves(page):
     latest = page.get_by_test_id("run-latest")
     expect(latest).to_be_visible()
     assert page.evaluate("document.getElementById('run-latest').naturalWidth") > 0
+
+
+def test_edit_inpaints_a_painted_sample_with_live_frames(page, tmp_path):
+    from playwright.sync_api import expect
+
+    _select_tiny(page)
+    page.get_by_test_id("sampler").select_option("ddim")
+    page.get_by_test_id("steps").fill("6")
+    page.get_by_test_id("n").fill("2")
+    page.get_by_test_id("generate").click()
+    page.wait_for_selector("#live[data-state=done]", state="attached")
+    # "use this sample": a click on the first image of the result opens it in the Edit tab
+    box = page.get_by_test_id("final-grid").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+    expect(page.get_by_test_id("panel-edit")).to_be_visible()
+    canvas = page.get_by_test_id("edit-canvas")
+    expect(canvas).to_have_attribute("data-input", "1")
+    # paint a stroke across the top half: those pixels are generated, the rest kept
+    c = canvas.bounding_box()
+    page.mouse.move(c["x"] + c["width"] * 0.1, c["y"] + c["height"] * 0.25)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(c["x"] + c["width"] * (0.1 + 0.1 * k), c["y"] + c["height"] * 0.25, steps=2)
+    page.mouse.up()
+    painted = int(canvas.get_attribute("data-painted"))
+    assert 0 < painted < 64, painted
+    expect(page.get_by_test_id("edit-mask-info")).to_contain_text("inpainting")
+    page.get_by_test_id("slider-vbar").fill("1")  # the target context comes from the left
+    page.get_by_test_id("edit-run").click()
+    page.wait_for_selector("#edit-live[data-state=done]", state="attached")
+    assert int(page.get_by_test_id("edit-live").get_attribute("data-frames")) >= 2
+    expect(page.get_by_test_id("edit-grid")).to_be_visible()
+    assert page.evaluate("document.getElementById('edit-grid').naturalWidth") > 0
+    expect(page.get_by_test_id("edit-info")).to_contain_text("inpainting")
+    response = page.request.get(page.get_by_test_id("edit-dl-png").get_attribute("href"))
+    assert response.status == 200 and response.body()[:8] == PNG_SIGNATURE
+    page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)

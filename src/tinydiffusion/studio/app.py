@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from ..errors import UsageError
 from . import apidocs, encode
 from .catalog import Catalog, ModelEntry
+from .edits import MAX_EDIT_BODY, checked_edit, parse_edit
 from .errors import NotFound, QueueFull
 from .jobs import Job, JobQueue
 from .params import KEYS, SampleParams, for_model, parse, settings
@@ -35,6 +36,9 @@ _PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, her
                "repeat for more rows", "context_to": "blend the context towards this one", "mix": "blend weight 0..1",
                "sampler": "ddpm, ddim, dpmpp_2m or euler", "steps": "1..T", "guidance": "finite, >= 0",
                "guidance_rescale": "0..1", "eta": "0..1, ddim only", "seed": "int >= 0", "n": "images per row, 1..64"}
+_EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
+              "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
+              "strength": "(0, 1]; default 0.6 (img2img) or 1 (inpainting)", "n": "images per row, 1..16"}
 _EXAMPLE = {"model": "sprites", "context": ["hero", "hero=1,item=0.6"], "sampler": "dpmpp_2m", "steps": 10,
             "guidance": 3, "seed": 0, "n": 4}
 
@@ -126,6 +130,18 @@ def create_app(runs: Sequence[str | Path] = (), device: str = "cpu", queue_size:
             return sse_response(single_event("error", {**body, "status": status}))
         return sse_response(events(request, studio.jobs, job, position))
 
+    @app.post("/api/edit/stream", summary="edit an image (img2img, or inpainting with a mask) with live frames "
+                                          "(Server-Sent Events: queued, frame…, done | error)",
+              openapi_extra=_body_docs({**_EXAMPLE, "n": 2, "image": "data:image/png;base64,…", "mask": None,
+                                        "strength": 0.6}, edit=True))
+    async def edit_stream(request: Request):
+        raw = await _json(request, MAX_EDIT_BODY, "a JSON object with model, image, mask, strength and sampling "
+                                                  "parameters")
+        entry = _checked(studio, parse_edit(raw)[0])
+        job = Job("edit", checked_edit(raw, entry), entry)
+        position = studio.jobs.submit(job)  # QueueFull: 429 JSON, like the other POSTs
+        return sse_response(events(request, studio.jobs, job, position))
+
     @app.post("/api/compare", summary="the same seeds through 2–4 SAMPLER:STEPS settings",
               openapi_extra=_body_docs({**_EXAMPLE, "settings": ["ddpm:500", "dpmpp_2m:10"]}))
     async def compare(request: Request):
@@ -188,13 +204,13 @@ def _checked(studio: Studio, p: SampleParams) -> ModelEntry:
     return entry
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, limit: int = MAX_BODY,
+                expected: str = "a small JSON object of sampling parameters") -> Any:
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > MAX_BODY:
-            raise UsageError(f"the request body is over {MAX_BODY} bytes; expected a small JSON object of "
-                             f"sampling parameters")
+        if len(data) > limit:
+            raise UsageError(f"the request body is over {limit} bytes; expected {expected}")
     try:
         return json.loads(data or b"{}")
     except ValueError as e:
@@ -213,7 +229,8 @@ def _download(data: bytes, media_type: str, filename: str) -> Response:
     return Response(data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def _body_docs(example: dict) -> dict:
+def _body_docs(example: dict, edit: bool = False) -> dict:
+    docs = {**_PARAM_DOCS, **(_EDIT_DOCS if edit else {})}
     return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "properties": {k: {"description": v} for k, v in _PARAM_DOCS.items()}},
+        "schema": {"type": "object", "properties": {k: {"description": v} for k, v in docs.items()}},
         "example": example}}}}

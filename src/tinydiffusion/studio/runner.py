@@ -34,6 +34,10 @@ class Runner:
         """The ``done`` event's data; the downloads go into ``job.result``."""
         pipe = self.pipelines.get(job.entry)
         job.check()
+        if job.kind == "edit":
+            from .edits import run
+
+            return run(job, pipe)
         return self.compare(job, pipe) if job.kind == "compare" else self.sample(job, pipe)
 
     def sample(self, job: Job, pipe) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import { $, state, el, api, showError, clearError } from "./util.js";
 import { renderModelCard, renderContext, updateContextString, updateEta } from "./controls.js";
 import { resetLive, setLiveState, closeStream, generate, cancel, replay } from "./live.js";
 import { settingRow, renderCompareSettings, updateCompareButtons, runCompare } from "./compare.js";
+import { initEdit, resetEdit } from "./edit.js";
 import { loadRuns, refreshRun, startRunMonitor, stopRunMonitor } from "./monitor.js";
 
 // ---------- tabs ----------
@@ -14,7 +15,7 @@ function showTab(name) {
     tab.classList.toggle("active", on);
     tab.setAttribute("aria-selected", String(on));
   }
-  for (const p of ["generate", "compare", "training"]) $(`panel-${p}`).hidden = p !== name;
+  for (const p of ["generate", "edit", "compare", "training"]) $(`panel-${p}`).hidden = p !== name;
   $("controls").classList.toggle("dim", name === "training");
   document.body.dataset.tab = name;
   if (name === "training") startRunMonitor(); else stopRunMonitor();
@@ -61,6 +62,7 @@ function selectModel(name) {
   $("guidance").value = d.guidance != null ? d.guidance : 1;
   updateEta();
   renderCompareSettings(true);
+  resetEdit();
   document.body.dataset.model = m.name;
 }
 
@@ -99,6 +101,7 @@ function init() {
   });
   window.addEventListener("beforeunload", closeStream);
   setLiveState("idle", "ready");
+  initEdit();
   loadModels();
 }
 

@@ -84,6 +84,7 @@ export function generate() {
     settled = true;
     closeStream();
     const d = JSON.parse(e.data);
+    state.lastDone = d;  // the Edit tab takes a sample from it
     $("final-grid").src = d.grid;
     const labels = $("row-labels");
     labels.replaceChildren();

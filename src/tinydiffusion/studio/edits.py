@@ -1,0 +1,163 @@
+"""The studio's Edit: ``POST /api/edit/stream`` takes the sampling parameters plus ``image`` (and ``mask``) as
+base64 PNG/JPEG data URLs and ``strength``, checks them all before queueing (the library's messages), and runs
+``editing.plan_edit``/``run_edit`` on the worker with live frames like ``/api/stream``.
+
+Pictures are decoded like ``tinydiffusion edit`` reads files (``imagefile.read_image``: PNG/JPEG only, the
+header checked against decompression bombs before any pixel is decoded, centre-cropped to the model's size);
+the mask is white = keep, black = generate (grey >= 128 keeps), resized with nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UsageError, bad_value
+from . import encode
+from .params import SampleParams, for_model, parse, resolve
+
+MAX_PICTURE = 2 * 2**20  # bytes of one decoded image or mask file
+MAX_EDIT_BODY = 6 * 2**20  # bytes of the JSON body: two base64 pictures and the parameters
+MAX_EDIT_IMAGES = 16  # images per row of an edit
+EDIT_KEYS = ("image", "mask", "strength")
+_DATA_URL = re.compile(r"data:[\w/+.-]{0,40};base64,", re.I)  # any type: the decoder says what it is
+
+
+@dataclass(frozen=True)
+class EditParams:
+    p: SampleParams
+    picture: np.ndarray  # uint8 [S, S, 3]
+    keep: np.ndarray | None  # bool [S, S]: true = keep
+    strength: float
+
+    @property
+    def model(self) -> str:
+        return self.p.model
+
+
+def parse_edit(raw: Mapping[str, Any], config: dict | None = None) -> tuple[SampleParams, dict]:
+    """The sampling part (``params.parse``) and the edit's own raw values, shape-checked; ``n`` <= 16."""
+    from .. import checks, edit
+
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"the request body is {type(raw).__name__}; expected a JSON object with model, image, ...")
+    p = parse({k: v for k, v in raw.items() if k not in EDIT_KEYS}, allow=())
+    checks.integer("n", p.n, low=1, high=MAX_EDIT_IMAGES,
+                   allowed=f"an integer number of images per row in 1..{MAX_EDIT_IMAGES} for an edit")
+    if raw.get("image") is None:
+        raise bad_value("image", None, "a PNG or JPEG picture as a data URL (data:image/png;base64,...)")
+    strength = raw.get("strength")
+    if strength is not None:
+        strength = edit.check_strength(strength)
+    return p, {"image": raw["image"], "mask": raw.get("mask"), "strength": strength}
+
+
+def decode(name: str, value: Any, size: int, *, mask: bool = False) -> np.ndarray:
+    """uint8 ``[size, size, 3]`` (or for the mask bool ``[size, size]``, true = keep) from a data URL."""
+    from PIL import Image
+
+    from ..imagefile import BadImageFile, read_image
+
+    if not isinstance(value, str):
+        raise bad_value(name, type(value).__name__, "a PNG or JPEG picture as a data URL (data:image/png;base64,...)")
+    head = _DATA_URL.match(value[:80])
+    text = value[head.end():] if head else value
+    if len(text) > 4 * (MAX_PICTURE // 3 + 1):
+        raise bad_value(name, f"a picture of about {len(text) * 3 // 4:,} bytes",
+                        f"a PNG or JPEG file of at most {MAX_PICTURE // 2**20} MB")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_value(name, value[:40] + ("…" if len(value) > 40 else ""),
+                        "a PNG or JPEG picture as a base64 data URL (data:image/png;base64,...)") from None
+    side = size
+    if mask:  # read at its own (cropped) side, then nearest-neighbour: a painted mask keeps its hard edges
+        try:
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
+                side = max(1, min(min(im.size), 4096))
+        except Exception:  # noqa: BLE001 - unreadable: read_image below says why
+            side = size
+    try:
+        picture = read_image(io.BytesIO(data), side)
+    except BadImageFile as e:
+        reason = str(e).split(" could not be read (", 1)[-1].split("); fix or remove it")[0]
+        raise UsageError(f"{name}: the picture could not be read ({reason}); expected a PNG or JPEG image") from None
+    if not mask:
+        return picture
+    grey = Image.fromarray(picture).convert("L").resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(grey) >= 128
+
+
+def checked_edit(raw: Any, entry) -> EditParams:
+    """Every value of an edit request checked against the listed model's config (422 with the message)."""
+    p, extra = parse_edit(raw)
+    for_model(p, entry.config, len(entry.default_rows))
+    size = int(entry.config["model"]["image_size"])
+    picture = decode("image", extra["image"], size)
+    keep = None if extra["mask"] in (None, "") else decode("mask", extra["mask"], size, mask=True)
+    if keep is not None and keep.all():
+        raise bad_value("mask", "a mask that keeps every pixel (all white)", "some painted (black) pixels to "
+                                                                             "generate, or no mask (img2img)")
+    if keep is not None and not keep.any():
+        raise bad_value("mask", "a mask that generates every pixel (all black)", "some kept (white) pixels; with "
+                                                                                 "none, omit the mask (img2img)")
+    strength = extra["strength"]
+    if strength is None:
+        strength = 1.0 if keep is not None else 0.6
+    if keep is not None and p.sampler not in (None, "ddpm"):  # inpainting is RePaint over DDPM steps
+        from dataclasses import replace
+
+        p = replace(p, sampler="ddpm", eta=None)
+    return EditParams(p, picture, keep, strength)
+
+
+def run(job, pipe) -> dict[str, Any]:
+    """The worker's part: plan (the library's checks), run with live frames, keep the downloads."""
+    from ..editing import beside, mask_picture, plan_edit, run_edit, to_float
+    from ..images import to_uint8
+    from .jobs import Result
+    from .runner import MAX_IMAGES, Frames, rows
+
+    e: EditParams = job.params
+    p = e.p
+    names, context = rows(pipe, p)
+    sampler, steps, guidance = resolve(p, pipe.config)
+    if e.keep is not None:
+        sampler, steps = "ddpm", p.steps  # plan_edit: RePaint's own default steps unless given
+    options = p.options() if sampler == "ddim" else {}
+    plan = plan_edit(pipe, to_float(e.picture), context, None if e.keep is None else torch.from_numpy(e.keep),
+                     strength=e.strength, n=p.n, seed=p.seed, sampler=sampler, steps=steps, guidance=guidance,
+                     guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **options)
+    s = plan.settings
+    frames = Frames(job, s["nfe"], p.n, stream=True)
+    parts = []
+    for _, x in run_edit(pipe, plan, callback=lambda i, t, x_t, x0: frames(frames.calls, t, x_t, x0)):
+        parts.append(x)
+    seconds = time.perf_counter() - frames.t0
+    images = to_uint8(torch.cat(parts))  # [R·n, S, S, 3]
+    shown = [e.picture] + ([] if e.keep is None else [mask_picture(e.keep)])
+    metadata = {**p.metadata(), "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"],
+                "strength": s["strength"], "rows": names, "nfe": s["nfe"], "seconds": round(seconds, 3),
+                "inpaint": e.keep is not None, "job": job.id}
+    ncol = p.n + len(shown)
+    grid = encode.png(beside(images, shown, p.n), ncol, text={"tinydiffusion": json.dumps(metadata)})
+    contexts = np.zeros((len(images), pipe.context.width), np.float32) if plan.plan.rows is None else \
+        plan.plan.rows.repeat_interleave(p.n, dim=0).numpy().astype(np.float32)
+    labels = [pipe.context.label_of(r) for r in names]
+    labels = np.repeat(np.array(labels, np.int64), p.n) if names and None not in labels else None
+    job.result = Result(images, contexts, labels, metadata, frames.kept, grid, p.n)
+    return {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": s["nfe"],
+            "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"], "strength": s["strength"],
+            "inpaint": e.keep is not None, "rows": names, "n": p.n, "ncol": ncol,
+            "downloads": {"png": f"/api/jobs/{job.id}/grid.png", "npz": f"/api/jobs/{job.id}/samples.npz",
+                          "gif": f"/api/jobs/{job.id}/anim.gif"}}
+
