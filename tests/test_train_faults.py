@@ -76,17 +76,34 @@ def _cli_train(data, out, *extra):
             "--device", "cpu", *extra]
 
 
+def _wait_until_training(proc, out: Path, state_step: int) -> None:
+    """Until this process makes steps: it owns the lock, and metrics.csv has been seen trimmed to the state's
+    step (rows a killed run wrote after its last checkpoint are dropped on resume) and then grew past it.
+    A signal earlier would land in Python's start-up, before there is anything to stop cleanly."""
+    deadline, trimmed = time.time() + 60, False
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            owner = json.loads((out / ".lock").read_text()).get("pid")
+            rows = (out / "metrics.csv").read_text().splitlines()[1:]
+            top = max([int(r.split(",")[0]) for r in rows if r.split(",")[0].isdigit()], default=0)
+        except (OSError, ValueError):
+            owner, top = None, None
+        if owner == proc.pid and top is not None:
+            if top <= state_step:
+                trimmed = True
+            elif trimmed:
+                return
+        time.sleep(0.005)
+
+
 def _kill_and_resume(data, out: Path, sig: int, trials: int, rng: random.Random) -> list[int]:
     """Start, kill with ``sig`` at a random moment once training runs, resume; ``trials`` times; then finish."""
     steps_at_kill = []
     for trial in range(trials):
+        state_step = load_state(out / "state.pt")["step"] if (out / "state.pt").exists() else 0
         proc = subprocess.Popen(_cli_train(data, out, "--resume", "auto"), env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None:  # wait until steps are being made
-            if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 2 + 10 * trial:
-                break
-            time.sleep(0.01)
+        _wait_until_training(proc, out, state_step)
         time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
