@@ -1,8 +1,6 @@
 """The studio's HTTP API (``tinydiffusion serve``) over a tiny model: every endpoint, every refusal, streaming,
 cancel, a disconnect, 20 concurrent clients, downloads. Contract: ``docs/studio_api.md``."""
 
-from __future__ import annotations
-
 import io
 import json
 import os
@@ -15,78 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("fastapi", reason="the studio needs the 'serve' extra: pip install 'tinydiffusion[serve]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the 'serve' extra)")
 
 from starlette.testclient import TestClient  # noqa: E402
 
+from studio_helpers import TINY, app, client, events, iter_events, picture, root, slow  # noqa: E402,F401  (fixtures)
 from tinydiffusion.studio.app import create_app  # noqa: E402
-
-TINY = {"model": "tiny", "context": "square", "n": 2, "steps": 3, "sampler": "ddim"}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """``root/runs/tiny``: a tiny model trained 3 steps (metrics.csv, samples/, model/)."""
-    from conftest import shapes
-    from tinydiffusion.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("studio")
-    images, labels, names = shapes()
-    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
-    train(TrainConfig(data=str(root / "shapes.npz"), out=str(root / "runs" / "tiny"), model="tiny", image_size=8, T=50,
-                      batch_size=16, steps=3, log_every=1, progress=False, device="cpu"))
-    return root
-
-
-@pytest.fixture(scope="module")
-def app(root):
-    return create_app([root / "runs"], device="cpu", queue_size=4, models={"tiny": root / "runs" / "tiny" / "model"})
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    def no_traceback(response):
-        if "text/event-stream" not in response.headers.get("content-type", ""):
-            response.read()
-            assert "Traceback" not in response.text, response.text
-
-    with TestClient(app) as c:
-        c.event_hooks = {"request": [], "response": [no_traceback]}
-        yield c
-
-
-@pytest.fixture
-def slow(app):
-    """The tiny network made slow (20 ms a forward pass) so that a job can be caught mid-way."""
-    studio = app.state.studio
-    pipe = studio.pipelines.get(studio.catalog.model("tiny"))
-    hook = pipe.model.register_forward_hook(lambda *_: time.sleep(0.02))
-    yield
-    hook.remove()
-
-
-def iter_events(response):
-    """``(event, data)`` of a Server-Sent Events response, as they arrive."""
-    event = None
-    for line in response.iter_lines():
-        assert "Traceback" not in line
-        if line.startswith("event:"):
-            event = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            yield event, json.loads(line.split(":", 1)[1])
-
-
-def events(response) -> list[tuple[str, dict]]:
-    return list(iter_events(response))
-
-
-def picture(data: bytes, kind: str) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    assert image.format == kind
-    return image
 
 
 # ---------------------------------------------------------------------- models, page, docs
@@ -379,114 +313,3 @@ def test_serve_command_checks_and_warns(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr()
     assert "warning" in out.err and "http://127.0.0.1:8765/" in out.out
     assert main(["serve", "--port", "8765"]) == 0 and "warning" not in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------- edit
-def data_url(array: np.ndarray, kind: str = "PNG") -> str:
-    import base64
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=kind)
-    return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def bomb_png(side: int = 20_000) -> bytes:
-    """A PNG whose header claims ``side``² pixels (no pixel data worth decoding)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-EDIT_INPUT = np.zeros((8, 8, 3), np.uint8)
-EDIT_INPUT[2:6, 2:6] = (250, 30, 90)
-
-
-def edit(client, **change):
-    """The events of one ``POST /api/edit/stream`` (or the response itself when it is not a stream)."""
-    body = {"model": "tiny", "image": data_url(EDIT_INPUT), "context": "vbar", "n": 2, "sampler": "ddim",
-            "steps": 6, "strength": 0.5, **change}
-    with client.stream("POST", "/api/edit/stream", json={k: v for k, v in body.items() if v is not None}) as r:
-        if "text/event-stream" not in r.headers.get("content-type", ""):
-            r.read()
-            return r
-        return events(r)
-
-
-def test_edit_img2img_streams_frames_and_keeps_downloads(client):
-    got = edit(client, image=data_url(np.repeat(np.repeat(EDIT_INPUT, 4, 0), 4, 1), "JPEG"))  # any size, JPEG too
-    kinds = [e for e, _ in got]
-    assert kinds[0] == "queued" and kinds[-1] == "done" and kinds.count("frame") == 3  # round(0.5 · 6) steps
-    frame = got[1][1]
-    assert frame["x_t"].startswith("data:image/png;base64,") and frame["steps"] == 3 and frame["step"] == 1
-    done = got[-1][1]
-    assert done["nfe"] == 3 and done["strength"] == 0.5 and not done["inpaint"] and done["rows"] == ["vbar"]
-    grid = picture(client.get(done["downloads"]["png"]).content, "PNG")
-    assert grid.size == ((3 * 9 + 1) * 8, (1 * 9 + 1) * 8)  # the input, then 2 edits, 8 px ×8
-    npz = np.load(io.BytesIO(client.get(done["downloads"]["npz"]).content))
-    assert npz["images"].shape == (2, 8, 8, 3) and npz["labels"].tolist() == [2, 2]
-    again = [np.load(io.BytesIO(client.get(edit(client)[-1][1]["downloads"]["npz"]).content))["images"]
-             for _ in range(2)]
-    assert np.array_equal(*again)  # seeded
-    whole = edit(client, strength=1)[-1][1]  # strength 1 ignores the input: sample from the same seeds
-    sample = client.post("/api/sample", json={**TINY, "context": "vbar", "steps": 6}).content
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(client.get(whole["downloads"]["png"]).content)))[:, 9 * 8:],
-                          np.asarray(Image.open(io.BytesIO(sample))))
-
-
-def test_edit_inpaints_where_the_mask_is_black(client):
-    keep = np.full((8, 8, 3), 255, np.uint8)
-    keep[:, :4] = 0  # the left half is generated
-    got = edit(client, mask=data_url(np.repeat(np.repeat(keep, 3, 0), 3, 1)), strength=None, steps=5)
-    done = got[-1][1]
-    assert done["inpaint"] and done["sampler"] == "ddpm" and done["strength"] == 1 and done["nfe"] == 5
-    assert [e for e, _ in got].count("frame") == 5
-    images = np.load(io.BytesIO(client.get(done["downloads"]["npz"]).content))["images"]
-    assert np.array_equal(images[:, :, 4:], np.broadcast_to(EDIT_INPUT[:, 4:], images[:, :, 4:].shape))  # kept exactly
-    assert not np.array_equal(images[:, :, :4], np.broadcast_to(EDIT_INPUT[:, :4], images[:, :, :4].shape))
-    grid = picture(client.get(done["downloads"]["png"]).content, "PNG")
-    assert grid.size == ((4 * 9 + 1) * 8, (1 * 9 + 1) * 8)  # input, mask, 2 edits
-
-
-@pytest.mark.parametrize("change, status, words", [
-    ({"image": "data:image/png;base64,aGVsbG8="}, 422, "image: the picture could not be read"),
-    ({"image": "not base64 !"}, 422, "image="), ({"image": 3}, 422, "image="), ({"image": None}, 422, "image=None"),
-    ({"image": "data:image/png;base64," + __import__("base64").b64encode(bomb_png()).decode()}, 422, "decompression"),
-    ({"mask": "data:image/gif;base64,R0lGODlhAQABAAAAACw="}, 422, "mask: the picture could not be read"),
-    ({"mask": data_url(np.full((8, 8, 3), 255, np.uint8))}, 422, "keeps every pixel"),
-    ({"mask": data_url(np.zeros((8, 8, 3), np.uint8))}, 422, "generates every pixel"),
-    ({"strength": 0}, 422, "strength=0"), ({"strength": 1.5}, 422, "strength=1.5"),
-    ({"strength": "half"}, 422, "strength='half'"), ({"n": 17}, 422, "n=17"), ({"steps": 51}, 422, "1..50"),
-    ({"context": "circle"}, 422, "circle"), ({"model": "nope"}, 404, "model='nope'"),
-    ({"shell": "rm"}, 422, "unknown parameter 'shell'"),
-    ({"image": "data:image/png;base64," + "A" * 3_000_000}, 422, "at most 2 MB"),
-])
-def test_edit_refusals_are_json_before_any_work(client, change, status, words):
-    r = edit(client, **change)
-    assert not isinstance(r, list), r
-    assert r.status_code == status and words in r.json()["error"], r.text
-
-
-def test_edit_body_over_the_limit(client):
-    r = client.post("/api/edit/stream", content=b"x" * (6 * 2**20 + 10), headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "over" in r.json()["error"]
-
-
-def test_an_edit_can_be_cancelled(client, slow):
-    keep = np.full((8, 8, 3), 255, np.uint8)
-    keep[:4] = 0
-    body = {"model": "tiny", "image": data_url(EDIT_INPUT), "mask": data_url(keep), "steps": 50, "n": 1}
-    with client.stream("POST", "/api/edit/stream", json=body) as r:
-        got = []
-        for event in iter_events(r):
-            got.append(event)
-            if event[0] == "frame" and event[1]["step"] == 2:
-                assert client.post(f"/api/jobs/{event[1]['job']}/cancel").json()["cancelled"] is True
-    assert got[-1][0] == "error" and got[-1][1]["cancelled"] and sum(e == "frame" for e, _ in got) < 50
-    assert client.get(f"/api/jobs/{got[0][1]['job']}").json() | {"seconds": None} == {
-        "job": got[0][1]["job"], "kind": "edit", "state": "cancelled", "model": "tiny", "seconds": None,
-        "downloads": False}

@@ -1,0 +1,78 @@
+"""Fixtures and helpers shared by the studio's API tests: a tiny trained model under a runs folder, the app
+and a TestClient over it, a slowed-down sampler for cancel tests, and readers of streamed events and pictures."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from tinydiffusion.studio.app import create_app
+
+TINY = {"model": "tiny", "context": "square", "n": 2, "steps": 3, "sampler": "ddim"}
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """``root/runs/tiny``: a tiny model trained 3 steps (metrics.csv, samples/, model/)."""
+    from conftest import shapes
+    from tinydiffusion.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("studio")
+    images, labels, names = shapes()
+    np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))
+    train(TrainConfig(data=str(root / "shapes.npz"), out=str(root / "runs" / "tiny"), model="tiny", image_size=8, T=50,
+                      batch_size=16, steps=3, log_every=1, progress=False, device="cpu"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(root):
+    return create_app([root / "runs"], device="cpu", queue_size=4, models={"tiny": root / "runs" / "tiny" / "model"})
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    def no_traceback(response):
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            response.read()
+            assert "Traceback" not in response.text, response.text
+
+    with TestClient(app) as c:
+        c.event_hooks = {"request": [], "response": [no_traceback]}
+        yield c
+
+
+@pytest.fixture
+def slow(app):
+    """The tiny network made slow (20 ms a forward pass) so that a job can be caught mid-way."""
+    studio = app.state.studio
+    pipe = studio.pipelines.get(studio.catalog.model("tiny"))
+    hook = pipe.model.register_forward_hook(lambda *_: time.sleep(0.02))
+    yield
+    hook.remove()
+
+
+def iter_events(response):
+    """``(event, data)`` of a Server-Sent Events response, as they arrive."""
+    event = None
+    for line in response.iter_lines():
+        assert "Traceback" not in line
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            yield event, json.loads(line.split(":", 1)[1])
+
+
+def events(response) -> list[tuple[str, dict]]:
+    return list(iter_events(response))
+
+
+def picture(data: bytes, kind: str) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == kind
+    return image
