@@ -177,27 +177,39 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_disk_full_at_a_later_checkpoint_is_one_line_and_keeps_the_previous_state(shapes_npz, tiny_disk, monkeypatch,
-                                                                                  capsys):
+def _train_then_break_the_disk(shapes_npz, out: Path, monkeypatch, capsys, break_disk) -> str:
+    """Train 12 steps with a checkpoint every 4; ``break_disk()`` runs right after the first state is written.
+    Returns the CLI's stderr, after checking it is one refusal (exit 2, no traceback) keeping step 4."""
     real, saves = train_module.save_state, [0]
 
-    def fill_after_first(path, state, kept=None):
+    def save_then_break(path, state, kept=None):
         result = real(path, state, kept=kept)
         saves[0] += 1
-        if saves[0] == 1:  # the disk fills up after the first state is safely written
-            free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
-            with open(tiny_disk / "filler", "wb") as f:
-                f.write(b"\0" * max(0, free - 4096))
+        if saves[0] == 1:
+            break_disk()
         return result
 
-    monkeypatch.setattr(train_module, "save_state", fill_after_first)
-    out = tiny_disk / "run"
+    monkeypatch.setattr(train_module, "save_state", save_then_break)
     code = main(["train", "--data", str(shapes_npz), "--out", str(out), "--model", "tiny", "--image-size", "8", "--T",
                  "50", "--steps", "12", "--checkpoint-every", "4", "--sample-every", "1000", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
-    assert "no space left on device while writing" in err and "the previous state at step 4 is intact" in err
+    assert "the previous state at step 4 is intact" in err
     assert load_state(out / "state.pt")["step"] == 4
+    monkeypatch.setattr(train_module, "save_state", real)
+    return err
+
+
+def test_disk_full_at_a_later_checkpoint_is_one_line_and_keeps_the_previous_state(shapes_npz, tiny_disk, monkeypatch,
+                                                                                  capsys):
+    def fill():  # the disk fills up after the first state is safely written
+        free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+        with open(tiny_disk / "filler", "wb") as f:
+            f.write(b"\0" * max(0, free - 4096))
+
+    out = tiny_disk / "run"
+    err = _train_then_break_the_disk(shapes_npz, out, monkeypatch, capsys, fill)
+    assert "no space left on device while writing" in err
     assert not list(out.glob(".*.tmp"))
     (tiny_disk / "filler").unlink()
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
@@ -206,23 +218,10 @@ def test_disk_full_at_a_later_checkpoint_is_one_line_and_keeps_the_previous_stat
 
 def test_a_disk_turned_read_only_mid_run_is_one_line_and_keeps_the_previous_state(shapes_npz, tiny_disk, monkeypatch,
                                                                                   capsys):
-    real, saves = train_module.save_state, [0]
-
-    def read_only_after_first(path, state, kept=None):
-        result = real(path, state, kept=kept)
-        saves[0] += 1
-        if saves[0] == 1:
-            subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
-        return result
-
-    monkeypatch.setattr(train_module, "save_state", read_only_after_first)
     out = tiny_disk / "run"
-    code = main(["train", "--data", str(shapes_npz), "--out", str(out), "--model", "tiny", "--image-size", "8", "--T",
-                 "50", "--steps", "12", "--checkpoint-every", "4", "--sample-every", "1000", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    assert "read-only file system while writing" in err and "the previous state at step 4 is intact" in err
-    assert load_state(out / "state.pt")["step"] == 4
+    err = _train_then_break_the_disk(shapes_npz, out, monkeypatch, capsys, lambda: subprocess.run(
+        ["mount", "-o", "remount,ro", str(tiny_disk)], check=True))
+    assert "read-only file system while writing" in err
     subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=True)
     (out / ".lock").unlink()  # what this process's exit would make stale (it could not remove it read-only)
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
