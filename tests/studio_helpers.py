@@ -1,5 +1,6 @@
 """Fixtures and helpers shared by the studio's API tests: a tiny trained model under a runs folder, the app
-and a TestClient over it, a slowed-down sampler for cancel tests, and readers of streamed events and pictures."""
+and a TestClient over it, a slowed-down sampler for cancel tests, a tiny distilled student, and readers of
+streamed events and pictures."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ def root(tmp_path_factory):
     train(TrainConfig(data=str(root / "shapes.npz"), out=str(root / "runs" / "tiny"), model="tiny", image_size=8, T=50,
                       batch_size=16, steps=3, log_every=1, progress=False, device="cpu"))
     return root
+
+
+def make_student(teacher, out, method: str = "progressive", steps: int = 2, teacher_steps: int = 4):
+    """A few-step student of the exported model folder ``teacher`` (two optimizer steps: seconds), in ``out``;
+    its model folder (``out/model``, whose config.json has the ``distilled`` card)."""
+    from tinydiffusion.distill import DistillConfig, distill
+
+    return distill(DistillConfig(teacher=str(teacher), out=str(out), method=method, steps=steps,
+                                 teacher_steps=teacher_steps, iterations=2, batch_size=4, sample_every=1000,
+                                 checkpoint_every=1000, progress=False, device="cpu")).model_dir
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ def test_sample_png_grid_and_gif(trained, capsys):
     assert main(["sample", model, "--sampler", "ddim", "--steps", "5", "--n", "4", "--out", str(trained / "g.png"),
                  "--gif", str(trained / "g.gif")]) == 0
     printed = capsys.readouterr().out
-    assert "12 images with ddim, 5 network evaluations each" in printed and "wall time" in printed
+    # guidance from the card (3): both halves are evaluated, 2 network evaluations per step
+    assert "12 images with ddim, 10 network evaluations each" in printed and "wall time" in printed
     grid = Image.open(trained / "g.png")
     assert grid.size == (((8 + 1) * 4 + 1) * 8, ((8 + 1) * 3 + 1) * 8)  # 3 rows × 4 columns, 1 px gaps, 8× enlarged
     gif = Image.open(trained / "g.gif")
@@ -115,7 +116,7 @@ def test_guided_sampling_with_every_solver_records_its_settings(trained, sampler
                  "--guidance", "3", "--guidance-rescale", "0.7", "--clip-x0", "--out", str(out)]) == 0
     meta = json.loads(Image.open(out).text["tinydiffusion"])
     assert meta["sampler"] == sampler and meta["guidance"] == 3.0 and meta["clip_x0"] is True
-    assert meta["nfe"] == 4 and meta["rows"] == ["square", "hbar", "vbar"]
+    assert meta["nfe"] == 8 and meta["rows"] == ["square", "hbar", "vbar"]  # 4 guided steps, 2 halves each
 
 
 def test_sampling_settings_that_do_not_match_the_model_are_refused(trained, capsys):

@@ -48,11 +48,11 @@ def test_edit_grid_shows_input_then_outputs_and_a_gif(trained, capsys):
     assert _edit(trained, "--context", "hbar", "--context", "vbar", "--strength", "0.5", "--n", "3",
                  "--out", str(out), "--gif", str(gif)) == 0
     printed = capsys.readouterr().out
-    assert "6 images edited with dpmpp_2m at strength 0.5 of 4 steps" in printed and "2 network evaluations" in printed
+    assert "6 images edited with dpmpp_2m at strength 0.5 of 4 steps" in printed and "4 network evaluations" in printed  # 2 guided steps
     grid = Image.open(out)
     assert grid.size == (((8 + 1) * 4 + 1) * 8, ((8 + 1) * 2 + 1) * 8)  # 2 rows × (input + 3), 8× enlarged
     meta = json.loads(grid.text["tinydiffusion"])
-    assert meta["strength"] == 0.5 and meta["sampler"] == "dpmpp_2m" and meta["nfe"] == 2
+    assert meta["strength"] == 0.5 and meta["sampler"] == "dpmpp_2m" and meta["nfe"] == 4
     assert Image.open(gif).n_frames == 3  # 2 steps + the result
 
 
@@ -67,7 +67,7 @@ def test_inpaint_npz_keeps_the_white_part_exactly(trained):
     assert (d["images"][:, keep] == d["inputs"][0][keep]).all()
     assert d["labels"].tolist() == [0, 0] and d["contexts"].shape == (2, 3)
     meta = json.loads(str(d["metadata"]))
-    assert meta["resample"] == 2 and meta["nfe"] == 4 + 1 * 2 * 1 and meta["strength"] == 1.0
+    assert meta["resample"] == 2 and meta["nfe"] == 2 * (4 + 1 * 2 * 1) and meta["strength"] == 1.0
 
 
 def test_edit_folder_and_interpolation_strip(trained, capsys):
@@ -80,7 +80,7 @@ def test_edit_folder_and_interpolation_strip(trained, capsys):
     assert main(["interpolate", str(trained / "run" / "model"), "--seed-a", "1", "--seed-b", "2", "--frames", "5",
                  "--context", "square", "--context-to", "hbar", "--steps", "3", "--out", str(strip),
                  "--gif", str(gif)]) == 0
-    assert "5 frames with dpmpp_2m, 3 network evaluations each" in capsys.readouterr().out
+    assert "5 frames with dpmpp_2m, 6 network evaluations each" in capsys.readouterr().out
     assert Image.open(strip).size == (((8 + 1) * 5 + 1) * 8, (8 + 2) * 8) and Image.open(gif).n_frames == 5
     assert main(["interpolate", str(trained / "run" / "model"), "--frames", "3", "--steps", "2", "--out",
                  str(trained / "f.npz")]) == 0

@@ -41,7 +41,7 @@ def test_cli_sample_says_it_used_the_card_and_records_it(model, tmp_path, capsys
     out = capsys.readouterr().out
     assert "model card's recommendation for sampler and guidance: dpmpp_2m, 10 steps, guidance 3" in out
     meta = json.loads(str(np.load(tmp_path / "x.npz")["metadata"]))
-    assert (meta["sampler"], meta["steps"], meta["guidance"], meta["nfe"]) == ("dpmpp_2m", 10, 3.0, 10)  # one batched forward per step, guided or not
+    assert (meta["sampler"], meta["steps"], meta["guidance"], meta["nfe"]) == ("dpmpp_2m", 10, 3.0, 20)  # guided: both halves, 2 per step
     assert main(["sample", str(model), "--n", "1", "--sampler", "ddim", "--steps", "3", "--guidance", "1", "--out",
                  str(tmp_path / "y.npz"), "--device", "cpu"]) == 0
     assert "recommendation" not in capsys.readouterr().out  # everything given: the card is not used

@@ -90,7 +90,9 @@ def test_eval_writes_its_report_and_closest_pairs(tiny, capsys):
     for key in ("fd_domain", "fd_domain_bootstrap_std", "kid", "precision", "recall", "conditional_accuracy",
                 "memorised_share", "seconds"):
         assert key in report
-    assert report["samples"] == 12 and report["settings"]["sampler"] == "ddim"
+    # sampler and guidance not given: the model card's (dpmpp_2m, guidance 3), recorded as used
+    assert report["samples"] == 12 and report["settings"]["sampler"] == "dpmpp_2m"
+    assert report["settings"]["steps"] == 2 and report["settings"]["guidance"] == 3.0
     assert Image.open(root / "eval_closest.png").size[0] > 0
     assert "FD-domain" in capsys.readouterr().out
 
@@ -100,10 +102,11 @@ def test_compare_writes_every_promised_file(tiny, capsys):
     out = root / "cmp"
     assert main(["compare", str(root / "run" / "model"), "--evaluator", str(root / "ev"), "--per-class", "3",
                  "--settings", "ddpm:50,ddim:5,dpmpp_2m:3", "--out", str(out), "--no-progress"]) == 0
-    for name in ("compare.json", "compare.csv", "compare_steps.png", "compare_seconds.png", "compare_grid.png"):
+    for name in ("compare.json", "compare.csv", "compare_steps.png", "compare_seconds.png", "compare_accuracy.png",
+                 "compare_grid.png"):
         assert (out / name).exists(), name
     rows = json.loads((out / "compare.json").read_text())["rows"]
-    assert [r["nfe"] for r in rows] == [50, 5, 3]
+    assert [r["nfe"] for r in rows] == [100, 10, 6]  # the card's guidance 3: both halves, 2 per step
     assert "speed-up" in capsys.readouterr().out
 
 

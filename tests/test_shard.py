@@ -59,7 +59,7 @@ def test_sample_npz_gif_and_folder_are_bit_identical_to_one_process(trained):
     assert np.array_equal(a["images"], b["images"]) and a["images"].shape == (15, 8, 8, 3)
     assert np.array_equal(a["contexts"], b["contexts"]) and np.array_equal(a["labels"], b["labels"])
     meta = json.loads(str(b["metadata"]))
-    assert meta["nfe"] == 6 and meta["rows"] == ["square", "hbar", "vbar"]
+    assert meta["nfe"] == 12 and meta["rows"] == ["square", "hbar", "vbar"]  # guided (the card's 3): 2 per step
     assert (one / "s.gif").read_bytes() == (two / "s.gif").read_bytes()
     _torchrun(*common, "--out", str(two / "folder"))
     first, second = _files(one / "folder"), _files(two / "folder")
@@ -93,7 +93,7 @@ def test_compare_under_torchrun_writes_once_the_same_samples(trained):
     assert done.stdout.count("speed-up") == 1
     assert (trained / "cmp1" / "compare_grid.png").read_bytes() == (trained / "cmp2" / "compare_grid.png").read_bytes()
     one, two = (json.loads((trained / f"cmp{k}" / "compare.json").read_text())["rows"] for k in (1, 2))
-    assert [(r["setting"], r["nfe"]) for r in two] == [("ddim:2", 2), ("dpmpp_2m:3", 3)]
+    assert [(r["setting"], r["nfe"]) for r in two] == [("ddim:2", 4), ("dpmpp_2m:3", 6)]  # guided: 2 per step
     for a, b in zip(one, two):
         for key in ("fd_domain", "kid", "precision", "recall", "conditional_accuracy", "memorised_share"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-12), key

@@ -58,7 +58,8 @@ def test_sample_png_json_and_downloads(client):
     assert picture(r.content, "PNG").size == ((2 * 9 + 1) * 8, (2 * 9 + 1) * 8)  # 2 rows × 2 seeds of 8 px, ×8
     r = client.post("/api/sample", json={**TINY, "context": ["square", "vbar"]}, headers={"Accept": "application/json"})
     body = r.json()
-    assert body["nfe"] == 3 and body["rows"] == ["square", "vbar"] and len(body["images"]) == 4
+    # the card's guidance 3: both halves evaluated, 2 network evaluations per step (the library's count)
+    assert body["nfe"] == 6 and body["rows"] == ["square", "vbar"] and len(body["images"]) == 4
     assert body["grid"].startswith("data:image/png;base64,")
     job = body["job"]
     assert client.get(f"/api/jobs/{job}").json()["state"] == "done"
@@ -144,9 +145,9 @@ def test_stream_sends_a_frame_per_step_then_done(client):
         kinds = [e for e, _ in got]
         assert kinds == ["queued"] + ["frame"] * steps + ["done"]
         frames = [d for e, d in got if e == "frame"]
-        assert [f["step"] for f in frames] == list(range(1, steps + 1)) and frames[-1]["nfe"] == steps
+        assert [f["step"] for f in frames] == list(range(1, steps + 1)) and frames[-1]["nfe"] == 2 * steps  # guided
         assert frames[0]["t"] == 49 and all(f["x_t"].startswith("data:image/png") and f["x0"] for f in frames)
-        assert got[-1][1]["nfe"] == steps and set(got[-1][1]["downloads"]) == {"png", "npz", "gif"}
+        assert got[-1][1]["nfe"] == 2 * steps and set(got[-1][1]["downloads"]) == {"png", "npz", "gif"}
 
 
 def test_stream_reports_bad_values_as_an_error_event(client):
@@ -264,7 +265,7 @@ def test_a_model_whose_extra_is_missing_is_listed_unavailable(monkeypatch):
 def test_compare_uses_the_same_seeds_for_every_setting(client):
     r = client.post("/api/compare", json={**TINY, "settings": ["ddim:2", "dpmpp_2m:3", "ddim:2"]})
     rows = r.json()["rows"]
-    assert [x["setting"] for x in rows] == ["ddim:2", "dpmpp_2m:3", "ddim:2"] and [x["nfe"] for x in rows] == [2, 3, 2]
+    assert [x["setting"] for x in rows] == ["ddim:2", "dpmpp_2m:3", "ddim:2"] and [x["nfe"] for x in rows] == [4, 6, 4]  # guided
     assert rows[0]["grid"] == rows[2]["grid"] and rows[0]["grid"] != rows[1]["grid"]
     for settings in (["ddim:2"], ["ddim:2"] * 5, ["ddim:0", "ddim:2"], ["ddim:51", "ddim:2"], ["plms:3", "ddim:2"],
                      "ddim:2,ddim:3", None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import shutil
 import socket
 import threading
@@ -60,7 +61,8 @@ TIMEOUT_MS = 30_000
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory) -> Path:
-    """A ``--runs`` folder holding one finished tiny run (``runs/tiny``: metrics.csv, samples/, model/)."""
+    """A ``--runs`` folder holding one finished tiny run (``runs/tiny``: metrics.csv, samples/, model/) and a
+    distilled student of its model (``runs/tiny-student``, listed after it: the page opens on the teacher)."""
     from conftest import shapes
     from tinydiffusion import TrainConfig
     from tinydiffusion.train import train
@@ -72,6 +74,9 @@ def runs_dir(tmp_path_factory) -> Path:
     runs = root / "runs"
     train(TrainConfig(data=str(data), out=str(runs / "tiny"), model="tiny", image_size=8, T=50, batch_size=8,
                       steps=TRAIN_STEPS, log_every=1, progress=False, device="cpu"))
+    from studio_helpers import make_student  # a consistency student of it (1, 2 or 4 steps): runs/tiny-student
+
+    make_student(runs / "tiny" / "model", runs / "tiny-student", "consistency", steps=2, teacher_steps=4)
     return runs
 
 
@@ -130,14 +135,14 @@ def page(browser, server, tmp_path):
         context.close()
 
 
-def _select_tiny(page) -> str:
-    """Pick the tiny run's model (listed as ``RUNFOLDER/tiny``) and wait for its card."""
+def _select_tiny(page, run: str = "tiny") -> str:
+    """Pick the model of the run ``run`` (listed as ``RUNFOLDER/run``) and wait for its card."""
     from playwright.sync_api import expect
 
     select = page.get_by_test_id("model-select")
     page.wait_for_function("document.querySelectorAll('#model-select option').length > 0")
     name = next(v for v in select.locator("option").evaluate_all("os => os.map(o => o.value)")
-                if v.endswith("/tiny"))
+                if v.endswith(f"/{run}"))
     select.select_option(name)
     expect(page.get_by_test_id("model-card")).to_contain_text("square")
     return name
@@ -291,3 +296,101 @@ def test_edit_inpaints_a_painted_sample_with_live_frames(page, tmp_path):
     response = page.request.get(page.get_by_test_id("edit-dl-png").get_attribute("href"))
     assert response.status == 200 and response.body()[:8] == PNG_SIGNATURE
     page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+
+
+def test_a_student_regenerates_as_a_context_slider_moves(page, tmp_path):
+    """The instant preview: with a distilled student, moving a context slider samples again by itself (no
+    Generate), debounced, one request at a time, a stale answer never replacing a newer one."""
+    from playwright.sync_api import expect
+
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/api/sample" in r.url or "/api/stream" in r.url else None)
+    _select_tiny(page, "tiny-student")
+    # the controls offer only what the student was distilled for
+    expect(page.get_by_test_id("distilled-note")).to_contain_text("distilled: 1, 2 or 4 steps, guidance 3 inside")
+    expect(page.get_by_test_id("model-card")).to_contain_text("consistency distillation")
+    sampler = page.get_by_test_id("sampler")
+    assert sampler.locator("option").evaluate_all("os => os.map(o => o.value)") == ["consistency"]
+    expect(sampler).to_be_disabled()
+    choice = page.get_by_test_id("steps-choice")
+    expect(choice).to_be_visible()
+    expect(page.get_by_test_id("steps")).to_be_hidden()
+    assert choice.locator("option").evaluate_all("os => os.map(o => o.value)") == ["1", "2", "4"]
+    expect(choice).to_have_value("2")
+    expect(page.get_by_test_id("guidance")).to_be_disabled()
+    expect(page.get_by_test_id("guidance")).to_have_value("3")
+    expect(page.get_by_test_id("guidance-rescale")).to_be_disabled()
+
+    # a first picture comes by itself; moving a slider brings a new one, Generate untouched
+    grid = page.get_by_test_id("final-grid")
+    page.wait_for_function("document.getElementById('final-grid').dataset.job")
+    first_src, first_job = grid.get_attribute("src"), grid.get_attribute("data-job")
+    page.get_by_test_id("slider-hbar").fill("0.6")
+    page.wait_for_function("j => document.getElementById('final-grid').dataset.job !== j", arg=first_job)
+    expect(grid).to_have_attribute("data-rows", "square=1,hbar=0.6")
+    assert grid.get_attribute("src") != first_src and grid.get_attribute("src").startswith("data:image/png")
+    assert page.evaluate("document.getElementById('final-grid').naturalWidth") > 0
+    expect(page.get_by_test_id("result")).to_contain_text("instant preview")
+    assert not [u for u in sent if "/api/stream" in u], "Generate was not pressed: no stream expected"
+    expect(page.get_by_test_id("generate")).to_be_enabled()
+
+    # a burst of changes within the pause: one request, for the last of them
+    page.wait_for_timeout(400)
+    before = len(sent)
+    page.evaluate("""() => {
+        const s = document.getElementById('slider-vbar');
+        for (const v of ['0.2', '0.4', '0.6', '0.8', '1']) { s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }
+    }""")
+    expect(grid).to_have_attribute("data-rows", "square=1,hbar=0.6,vbar=1")
+    page.wait_for_timeout(600)
+    assert len(sent) - before == 1, sent[before:]
+
+    # a stale answer (the first of two, made to arrive late) never replaces the newer one
+    page.evaluate("""() => {
+        const fetch0 = window.fetch;
+        let first = true;
+        window.fetch = (url, options = {}) => {
+            const { signal, ...rest } = options;  // not abortable: the old answer really arrives, late
+            const answer = fetch0(url, rest);
+            if (!String(url).includes('/api/sample') || !first) return answer;
+            first = false;
+            return answer.then((r) => new Promise((ok) => setTimeout(() => ok(r), 1000)));
+        };
+    }""")
+    with page.expect_request(lambda r: "/api/sample" in r.url):
+        page.get_by_test_id("slider-square").fill("0.5")
+    page.get_by_test_id("slider-hbar").fill("0")
+    expect(grid).to_have_attribute("data-rows", "square=0.5,vbar=1")
+    page.wait_for_timeout(1500)  # the late answer (square=0.5,hbar=0.6,vbar=1) has come and gone
+    expect(grid).to_have_attribute("data-rows", "square=0.5,vbar=1")
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    page.screenshot(path=str(tmp_path / "instant.png"), full_page=True)
+
+    # on another tab the sliders sample nothing; back on Generate, the change is shown
+    page.get_by_test_id("tab-compare").click()
+    assert page.get_by_test_id("compare-sampler").nth(0).locator("option").evaluate_all(
+        "os => os.map(o => o.value)") == ["consistency"]
+    before = len(sent)
+    page.get_by_test_id("slider-hbar").fill("0.3")
+    page.wait_for_timeout(600)
+    assert len(sent) == before, sent[before:]
+    page.get_by_test_id("tab-generate").click()
+    expect(grid).to_have_attribute("data-rows", "square=0.5,hbar=0.3,vbar=1")
+
+    # Generate still streams the student's steps
+    page.get_by_test_id("generate").click()
+    page.wait_for_selector("#live[data-state=done]", state="attached")
+    expect(page.get_by_test_id("stat-step")).to_have_text("2/2")
+
+    # a teacher keeps the Generate button: every sampler, and no sampling until it is pressed
+    _select_tiny(page)
+    expect(page.get_by_test_id("distilled-note")).to_be_hidden()
+    assert "consistency" in sampler.locator("option").evaluate_all("os => os.map(o => o.value)")
+    expect(sampler).to_be_enabled()
+    expect(page.get_by_test_id("guidance")).to_be_enabled()
+    expect(page.get_by_test_id("steps")).to_be_visible()
+    before = len(sent)
+    page.get_by_test_id("slider-vbar").fill("0.5")
+    page.wait_for_timeout(600)
+    assert len(sent) == before, sent[before:]
+    expect(page.get_by_test_id("final-grid")).not_to_have_attribute("src", re.compile("."))

@@ -58,7 +58,7 @@ def test_edit_img2img_streams_frames_and_keeps_downloads(client):
     frame = got[1][1]
     assert frame["x_t"].startswith("data:image/png;base64,") and frame["steps"] == 3 and frame["step"] == 1
     done = got[-1][1]
-    assert done["nfe"] == 3 and done["strength"] == 0.5 and not done["inpaint"] and done["rows"] == ["vbar"]
+    assert done["nfe"] == 6 and done["strength"] == 0.5  # 3 guided steps, 2 evaluations each and not done["inpaint"] and done["rows"] == ["vbar"]
     grid = picture(client.get(done["downloads"]["png"]).content, "PNG")
     assert grid.size == ((3 * 9 + 1) * 8, (1 * 9 + 1) * 8)  # the input, then 2 edits, 8 px ×8
     npz = np.load(io.BytesIO(client.get(done["downloads"]["npz"]).content))
@@ -77,7 +77,7 @@ def test_edit_inpaints_where_the_mask_is_black(client):
     keep[:, :4] = 0  # the left half is generated
     got = edit(client, mask=data_url(np.repeat(np.repeat(keep, 3, 0), 3, 1)), strength=None, steps=5)
     done = got[-1][1]
-    assert done["inpaint"] and done["sampler"] == "ddpm" and done["strength"] == 1 and done["nfe"] == 5
+    assert done["inpaint"] and done["sampler"] == "ddpm" and done["strength"] == 1 and done["nfe"] == 10
     assert [e for e, _ in got].count("frame") == 5
     images = np.load(io.BytesIO(client.get(done["downloads"]["npz"]).content))["images"]
     assert np.array_equal(images[:, :, 4:], np.broadcast_to(EDIT_INPUT[:, 4:], images[:, :, 4:].shape))  # kept exactly

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_bench import add_command
 
     add_command(commands, _given)
+    from . import cli_distill
+
+    cli_distill.add_command(commands, _given)
     return parser
 
 
@@ -158,7 +161,7 @@ def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
     p.add_argument("model", help="a shipped model (sprites, emoji) or an exported model folder (e.g. runs/train/model)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm, ddim, dpmpp_2m or euler (default: the model "
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm, ddim, dpmpp_2m, euler or consistency (default: the model "
                                                             "card's recommendation, e.g. dpmpp_2m for the shipped models)")
     p.add_argument("--steps", type=int, help="network evaluations (default: the model card's with its sampler; "
                                              "else all T for ddpm, 50 for ddim and "
@@ -209,8 +212,10 @@ def _sample(args) -> int:
     carded = [k for k in ("sampler", "guidance") if k not in values]
     if carded:
         steps = "" if used["steps"] is None else f", {used['steps']} steps"
+        other = "a distilled student: it samples only in the settings it was distilled for" if result.distilled else \
+            "the textbook DDPM over all steps: --sampler ddpm --guidance 1"
         print(f"the model card's recommendation for {' and '.join(carded)}: {used['sampler']}{steps}, guidance "
-              f"{used['guidance']:g} (the textbook DDPM over all steps: --sampler ddpm --guidance 1)")
+              f"{used['guidance']:g} ({other})")
     print(f"{result.count} images with {used['sampler']}, {result.nfe} network evaluations each: "
           f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
     for path in result.paths:

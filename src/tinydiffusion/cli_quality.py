@@ -20,8 +20,8 @@ def add_commands(commands, given) -> None:
                                         "samples closest to a training image beside it.")
     p.add_argument("model", help="an exported model folder")
     _common(p)
-    p.add_argument("--sampler", help="sampler (default ddim)")
-    p.add_argument("--steps", type=int, help="steps (default 20)")
+    p.add_argument("--sampler", help="sampler (default: the model card's, e.g. dpmpp_2m for the shipped models)")
+    p.add_argument("--steps", type=int, help="steps (default: the model card's with its sampler)")
     p.add_argument("--memorisation-threshold", type=finite_float,
                    help="RMS pixel distance in [-1, 1] units below which a sample counts as a copy (default 0.1)")
     p.add_argument("--memorisation-ratio", type=finite_float,
@@ -32,12 +32,16 @@ def add_commands(commands, given) -> None:
 
     p = commands.add_parser("compare", help="samplers × steps from the same noise: quality vs steps and seconds",
                             description="Run a grid of SAMPLER:STEPS settings from the same seeded noise; writes "
-                                        "compare.json/.csv, compare_steps.png, compare_seconds.png and "
+                                        "compare.json/.csv, compare_steps.png, compare_seconds.png, compare_accuracy.png and "
                                         "compare_grid.png (a row per setting, a column per seed) into --out.")
     p.add_argument("model", help="an exported model folder")
     _common(p)
     p.add_argument("--settings", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()),
-                   help="comma-separated SAMPLER:STEPS (default: ddpm 500/250/100, ddim 10–500, dpmpp_2m 5–50)")
+                   help="comma-separated SAMPLER:STEPS (default: ddpm 500/250/100, ddim 10–500, dpmpp_2m 5–50; "
+                        "for a distilled student, its own sampler at every step count it was distilled for)")
+    p.add_argument("--students", nargs="+", action="extend", metavar="STUDENT",
+                   help="distilled students to add beside MODEL's settings, each at every step count it was "
+                        "distilled for: model folders, or distill folders (every stage's student)")
     p.add_argument("--out", help="output folder (default runs/compare)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(handler=lambda args: _compare(args, given))
@@ -66,7 +70,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator", help="a shipped evaluator name (sprites) or an evaluator folder")
     p.add_argument("--data", help="the real data to compare with (default: what the model was trained on)")
     p.add_argument("--per-class", type=int, help="samples per class")
-    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default 1)")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default: the model card's; "
+                                                         "a student always uses the one folded into it)")
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -97,12 +102,15 @@ def _eval(args, given) -> int:
 def _compare(args, given) -> int:
     from .compare import CompareConfig, compare, table
 
-    config = CompareConfig(**given(args, CompareConfig))
+    values = given(args, CompareConfig)
+    if "students" in values:
+        values["students"] = tuple(values["students"])
+    config = CompareConfig(**values)
     rows = compare(config)
     if not _reports():
         return 0
     print(table(rows))
-    print(f"  wrote {config.out}/compare.json, compare.csv, compare_steps.png, compare_seconds.png, compare_grid.png")
+    print(f"  wrote {config.out}/compare.json, compare.csv, compare_steps.png, compare_seconds.png, compare_accuracy.png, compare_grid.png")
     return 0
 
 

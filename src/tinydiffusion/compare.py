@@ -23,7 +23,7 @@ from .evaluate import check_class_model, check_memory, check_sampling_settings, 
 from .evaluator import load_evaluator
 from .files import write_bytes, write_json, write_text
 from .images import grid, save_picture, to_uint8
-from .pipeline import load
+from .pipeline import counting_evaluations, load
 from .samplers import SAMPLERS
 
 DEFAULT_SETTINGS = ("ddpm:500", "ddpm:250", "ddpm:100", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:250",
@@ -37,7 +37,8 @@ class CompareConfig:
     evaluator: str = "sprites"
     data: str | None = None
     per_class: int = 50
-    guidance: float = 1.0
+    guidance: float | None = None  # None: the model card's; a student always samples with its own
+    students: tuple[str, ...] = ()  # distilled students (model or distill folders) added at their step counts
     seed: int = 1000
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
@@ -52,6 +53,9 @@ class CompareConfig:
             raise bad_value("settings", self.settings, "a non-empty list of SAMPLER:STEPS such as ddim:50")
         for text in self.settings:
             parse_setting(text)
+        if isinstance(self.students, str) or not isinstance(self.students, (tuple, list)) or \
+                not all(isinstance(s, str) and s.strip() for s in self.students):
+            raise bad_value("students", self.students, "a list of model or distill folders")
         checks.output_path("out", self.out, folder=True)
 
 
@@ -65,6 +69,22 @@ def parse_setting(text: str) -> tuple[str, int]:
     return name.strip(), int(steps)
 
 
+def student_models(paths) -> list[Path]:
+    """Model folders of distilled students: a distill folder (with ``distill.json``) gives every stage's
+    student, fewest steps last; a model folder is itself."""
+    out = []
+    for path in map(Path, paths):
+        if (path / "distill.json").is_file():
+            stages = sorted((p for p in (path / "stages").glob("*/model") if (p / "config.json").is_file()),
+                            key=lambda p: -int(p.parent.name))
+            if not stages:
+                raise bad_value("students", str(path), "a distill folder with at least one finished stage")
+            out += stages
+        else:
+            out.append(path)
+    return out
+
+
 def compare(config: CompareConfig) -> list[dict]:
     """Every setting from the same seeded noise, timed and scored; files written into ``config.out``.
     Under torchrun the ranks share each setting's batches; rank 0 scores and writes; all return the rows."""
@@ -75,41 +95,51 @@ def compare(config: CompareConfig) -> list[dict]:
 def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
     from tqdm.auto import tqdm
 
-    settings = [parse_setting(s) for s in config.settings]
     pipe = load(config.model, device=info.device)
+    texts = config.settings
+    if pipe.distilled and tuple(texts) == DEFAULT_SETTINGS:  # a student: its own sampler at its step counts
+        texts = [f"{pipe.distilled['sampler']}:{k}" for k in pipe.distilled["steps"]]
+    settings = [parse_setting(s) for s in texts]
     ev = load_evaluator(config.evaluator)
     check_class_model(pipe, ev, "compare")
     names, K = list(pipe.context.names), len(pipe.context.names)
-    plans = []
+    entries = []  # (row label, line label, pipeline, plan)
     for name, steps in settings:  # a bad step count or a size that cannot fit is refused before any work
         if steps > pipe.schedule.T:
             raise bad_value("settings", f"{name}:{steps}", f"STEPS in 1..{pipe.schedule.T} (the model's T)")
-        plans.append(pipe.plan(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
-                               guidance=config.guidance, batch_size=config.batch_size, precision=config.precision))
-        check_memory(pipe, plans[-1], ev, config.per_class, info)
+        plan = pipe.plan(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
+                         guidance=config.guidance, batch_size=config.batch_size, precision=config.precision)
+        entries.append((f"{name}:{steps}", name, pipe, plan))
+    for path in student_models(config.students):
+        student = load(path, device=info.device)
+        d = student.distilled
+        if not d:
+            raise bad_value("students", str(path), "a distilled student (its config.json has a 'distilled' section)")
+        check_class_model(student, ev, "compare")
+        for k in d["steps"]:
+            plan = student.plan(names, n=config.per_class, seed=config.seed, sampler=d["sampler"], steps=k,
+                                batch_size=config.batch_size, precision=config.precision)
+            entries.append((f"{d['method']}:{k}", f"{d['method']} student", student, plan))
+    for _, _, p, plan in entries:
+        check_memory(p, plan, ev, config.per_class, info)
     real = real_reference(ev, config.data or pipe.config.get("training", {}).get("data", "sprites"),
                           pipe.image_size) if info.is_main else None
     labels = torch.arange(K).repeat_interleave(config.per_class)
     rows, strips = [], []
-    calls = [0]
-    hook = pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        for (name, steps), plan in tqdm(list(zip(settings, plans)), desc="compare",
-                                        disable=not config.progress or not info.is_main):
-            calls[0] = 0
+    for label, line, p, plan in tqdm(entries, desc="compare", disable=not config.progress or not info.is_main):
+        with counting_evaluations(p.model) as evaluated:
             t0 = time.perf_counter()
-            samples = shard.sample(pipe, plan, info)
+            samples = shard.sample(p, plan, info)
             seconds = time.perf_counter() - t0
-            if not info.is_main:
-                continue
-            result = score(samples, labels, ev, real)
-            result.pop("_memo")
-            nfe = calls[0] // len(shard.my_batches(plan.batches, info))  # rank 0 always has batch 0
-            rows.append({"setting": f"{name}:{steps}", "sampler": name, "steps": steps, "nfe": nfe,
-                         "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})
-            strips.append(to_uint8(samples[[k * config.per_class + j for j in range(2) for k in range(K)]]))
-    finally:
-        hook.remove()
+        if not info.is_main:
+            continue
+        result = score(samples, labels, ev, real)
+        result.pop("_memo")
+        nfe = evaluated[0] // plan.images_in(shard.my_batches(plan.batches, info))  # per image, both guided halves
+        rows.append({"setting": label, "sampler": line, "steps": plan.steps, "nfe": nfe,
+                     "guidance": p.resolve(None, None, config.guidance)[2] if p is pipe else p.distilled["guidance"],
+                     "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})
+        strips.append(to_uint8(samples[[k * config.per_class + j for j in range(2) for k in range(K)]]))
     if info.is_main:
         _speedups(rows)
         _write(rows, strips, config, K, pipe.image_size)
@@ -147,16 +177,20 @@ def _plots(rows: list[dict], out: Path) -> None:
     except ImportError:
         print("matplotlib is not installed (pip install 'tinydiffusion[plot]'): plots skipped")
         return
-    for x_key, label, name in (("nfe", "network evaluations per image", "compare_steps.png"),
-                               ("seconds", "wall time (s)", "compare_seconds.png")):
+    evaluations, fd, spread = "network evaluations per image", "FD-domain (lower is better)", "fd_domain_bootstrap_std"
+    for x_key, x_label, y_key, y_label, name in (
+            ("nfe", evaluations, "fd_domain", fd, "compare_steps.png"),
+            ("seconds", "wall time (s)", "fd_domain", fd, "compare_seconds.png"),
+            ("nfe", evaluations, "conditional_accuracy", "conditional accuracy", "compare_accuracy.png")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
-            pts = sorted((r[x_key], r["fd_domain"], r["fd_domain_bootstrap_std"]) for r in rows if r["sampler"] == sampler)
+            pts = sorted((r[x_key], r[y_key], r[spread] if y_key == "fd_domain" else 0.0)
+                         for r in rows if r["sampler"] == sampler)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=sampler)
         ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("FD-domain (lower is better)")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -97,13 +97,14 @@ def plan_edit(pipe: Pipeline, images: torch.Tensor, context: ContextLike = None,
             model, schedule, x0.to(x_T), m.to(x_T.device), c, steps=steps, generator=generator, noise=x_T,
             callback=callback, jump_length=jump_length, resample=resample, strength=strength, **kw)
 
-    nfe = k if mask is None else edit.repaint_nfe(k, jump_length, resample)
-    if mask is not None and resample > 1 and nfe == k:
+    walked = k if mask is None else edit.repaint_nfe(k, jump_length, resample)
+    if mask is not None and resample > 1 and walked == k:
         raise bad_value("jump_length", jump_length, f"fewer than the {k} steps walked, so that resample={resample} "
                                                     f"has room to jump back")
     checks.memory("batch_size", plan.batch_size, pipe.batch_bytes(plan), "network batch")
     settings = {"sampler": sampler, "steps": len(grid), "guidance": float(guidance), "strength": strength,
-                "nfe": nfe, **({"jump_length": jump_length, "resample": resample} if mask is not None else {})}
+                "nfe": walked * (2 if plan.guided else 1),  # a guided step evaluates both halves
+                **({"jump_length": jump_length, "resample": resample} if mask is not None else {})}
     return EditPlan(plan, sampler_for, settings | {"options": dict(plan.options)})
 
 

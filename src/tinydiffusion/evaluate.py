@@ -37,9 +37,9 @@ class EvalConfig:
     evaluator: str = "sprites"
     data: str | None = None  # default: the data the model was trained on
     per_class: int = 200
-    sampler: str = "ddim"
-    steps: int | None = 20
-    guidance: float = 1.0
+    sampler: str | None = None  # None (with steps and guidance): the model card's (recommended) settings
+    steps: int | None = None
+    guidance: float | None = None
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
@@ -51,7 +51,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
         check_sampling_settings(self)
-        get_sampler(self.sampler, {})
+        if self.sampler is not None:
+            get_sampler(self.sampler, {})
         if self.steps is not None:
             checks.integer("steps", self.steps, low=1, allowed="a positive integer (at most the model's T)")
         checks.finite("memorisation_threshold", self.memorisation_threshold, low=0,
@@ -72,7 +73,8 @@ def check_sampling_settings(config) -> None:
     per_class = checks.integer("per_class", config.per_class, low=2, high=checks.MAX_SEED,
                                allowed="an integer >= 2 (a covariance needs two samples per class)")
     checks.seed("seed", config.seed, per_class)
-    checks.finite("guidance", config.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
+    if config.guidance is not None:  # None: the model card's
+        checks.finite("guidance", config.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
     checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
     if config.precision not in ("fp32", "bf16"):
         raise bad_value("precision", config.precision, "'fp32' or 'bf16'")
@@ -161,9 +163,9 @@ def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluato
     pipe = pipeline or load(config.model, device=info.device)
     ev = evaluator or load_evaluator(config.evaluator)
     check_class_model(pipe, ev, "eval")
-    plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=config.sampler,
-                     steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
-                     precision=config.precision)
+    sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
+    plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=sampler,
+                     steps=steps, guidance=guidance, batch_size=config.batch_size, precision=config.precision)
     check_memory(pipe, plan, ev, config.per_class, info)
     data = config.data or pipe.config.get("training", {}).get("data", "sprites")
     real = real_reference(ev, data, pipe.image_size) if info.is_main else None
@@ -177,7 +179,8 @@ def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluato
         memo = result.pop("_memo")
         report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
                   "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),
-                  "evaluator_holdout_accuracy": ev.accuracy, "settings": asdict(config)}
+                  "evaluator_holdout_accuracy": ev.accuracy,
+                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance}}
         out = Path(config.out)
         _closest_pairs_grid(samples, real.images, memo, out.with_name(out.stem + "_closest.png"))
         write_json(out, report)  # last: a report on disk means its grid is there too

@@ -24,7 +24,7 @@ from .dist import DistInfo
 from .errors import UsageError, bad_value
 from .files import save_npz, write_text
 from .images import grid_bytes, save_gif, save_grid, to_uint8
-from .pipeline import Pipeline, SamplePlan, get_sampler, load
+from .pipeline import Pipeline, SamplePlan, counting_evaluations, get_sampler, load
 
 MAX_GIF_FRAMES = 60
 PNG_FILE_BYTES = 4096  # one file-system block: what a small PNG of a streamed folder takes on disk
@@ -119,6 +119,7 @@ class SampleResult:
     count: int
     rows: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # the sampler, steps and guidance used (the card's, where not given)
+    distilled: bool = False  # the model is a few-step student (distill.py)
 
 
 def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> SampleResult:
@@ -140,10 +141,8 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     _check_size(pipe, plan, config, folder, info)
     names = [r.replace("/", "_").replace(" ", "_") for r in rows] or ["uncond"]
     recorder, parts, mine = _Frames() if config.gif else None, [], shard.my_batches(plan.batches, info)
-    calls = [0]
-    hook = pipe.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # counts NFE
     t0 = time.perf_counter()
-    try:
+    with counting_evaluations(pipe.model) as evaluated:
         with shard.shared_folder(out, info) if folder else contextlib.nullcontext() as tmp:
             for b in mine:
                 if recorder is not None:
@@ -157,20 +156,18 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
             gathered = shard.gather(parts, info)
             frames = recorder.gather(info) if recorder is not None else None
             seconds = time.perf_counter() - t0
-            metadata = {**config.metadata(), "rows": rows, "nfe": calls[0] // max(1, len(mine)),
+            metadata = {**config.metadata(), "rows": rows, "nfe": evaluated[0] // max(1, plan.images_in(mine)),
                         "seconds": round(seconds, 3), "model_prediction": pipe.prediction,
                         "schedule_used": pipe.schedule.to_dict()}
             if tmp is not None and info.is_main:
                 write_text(tmp / "metadata.json", json.dumps(metadata) + "\n")
-    finally:
-        hook.remove()
     if not info.is_main:
-        return SampleResult([], seconds, metadata["nfe"], plan.count, rows, _settings(config))
+        return SampleResult([], seconds, metadata["nfe"], plan.count, rows, _settings(config), bool(pipe.distilled))
     pictures = np.concatenate(gathered) if gathered else None
     paths = [out if folder else _write(pictures, pipe, rows, context, config, json.dumps(metadata))]
     if recorder is not None:
         paths.append(save_gif(frames + [pictures], config.gif, ncol=config.n))
-    return SampleResult(paths, seconds, metadata["nfe"], plan.count, rows, _settings(config))
+    return SampleResult(paths, seconds, metadata["nfe"], plan.count, rows, _settings(config), bool(pipe.distilled))
 
 
 def _settings(config: SampleConfig) -> dict:

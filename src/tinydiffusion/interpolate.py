@@ -50,8 +50,9 @@ def plan_interpolate(pipe: Pipeline, seed_a: int = 0, seed_b: int = 1, *, frames
     def sampler_for(idx: torch.Tensor) -> Callable:
         return lambda model, schedule, x, c, **kw: plan.fn(model, schedule, x_T[idx].to(x), c, **kw)
 
-    nfe = len(samplers.grid(name, pipe.schedule, plan.steps, plan.options.get("spacing", "trailing")))
-    settings = {"sampler": name, "steps": nfe, "guidance": float(guidance), "nfe": nfe, "weights": weights}
+    steps = len(samplers.grid(name, pipe.schedule, plan.steps, plan.options.get("spacing", "trailing")))
+    settings = {"sampler": name, "steps": steps, "guidance": float(guidance), "nfe": steps * (2 if plan.guided else 1),
+                "weights": weights}
     return EditPlan(plan, sampler_for, settings | {"options": dict(plan.options)})
 
 

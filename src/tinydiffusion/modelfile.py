@@ -26,7 +26,7 @@ MAX_WIDTH = 16_384  # context vector width (text encoders: 384 to 4096)
 MAX_NAMES = 10_000  # class names
 NULL_WORDS = ("", "none", "null", "uncond", "unconditional")  # what ContextSpec.parse reads as "no context"
 NAME_SEPARATORS = (",", "+", "=")  # what ContextSpec.parse splits mixtures on
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler")  # the keys of samplers.SAMPLERS (a test keeps them equal)
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler", "consistency")  # the keys of samplers.SAMPLERS (a test keeps them equal)
 
 Check = Callable[[str, Any], Any]
 Section = dict[str, tuple[bool, Check]]  # field -> (required, check)
@@ -205,6 +205,15 @@ RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pip
     "steps": (True, whole(1, MAX_T)),
     "guidance": (True, number(0, 100)),
 }
+DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled for, which sample enforces
+    "method": (True, one_of("progressive", "consistency")),
+    "sampler": (True, one_of(*SAMPLER_NAMES)),
+    "steps": (True, list_of(whole(1, MAX_T), 1, 64, distinct=True)),
+    "guidance": (True, number(0, 100)),
+    "teacher": (False, text),
+    "teacher_sampler": (False, one_of(*SAMPLER_NAMES)),
+    "teacher_steps": (False, whole(1, MAX_T)),
+}
 TOP: Section = {
     "format": (False, one_of(MODEL_FORMAT)),
     "version": (False, text),
@@ -216,6 +225,7 @@ TOP: Section = {
     "training": (False, any_object),  # the run's settings, kept for the record; only "data" is read back
     "shipped_as": (False, text),
     "recommended": (False, section(RECOMMENDED)),
+    "distilled": (False, section(DISTILLED)),
 }
 EVALUATOR: Section = {
     "format": (True, one_of(EVALUATOR_FORMAT)),
@@ -278,6 +288,15 @@ def _consistent(config: dict[str, Any]) -> None:
     steps = config.get("recommended", {}).get("steps")
     if steps is not None and steps > schedule["T"]:
         raise bad_value("recommended.steps", steps, f"at most schedule.T = {schedule['T']}")
+    distilled, card = config.get("distilled"), config.get("recommended")
+    if distilled:
+        if max(distilled["steps"]) > schedule["T"]:
+            raise bad_value("distilled.steps", distilled["steps"], f"step counts of at most schedule.T = {schedule['T']}")
+        if card and (card["sampler"] != distilled["sampler"] or card["steps"] not in distilled["steps"]
+                     or card["guidance"] != distilled["guidance"]):
+            raise UsageError(f"recommended {card} disagrees with distilled (sampler {distilled['sampler']}, steps "
+                             f"{distilled['steps']}, guidance {distilled['guidance']}); expected settings it was "
+                             f"distilled for")
 
 
 def _kind(value: Any) -> str:

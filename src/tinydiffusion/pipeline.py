@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,33 @@ class Pipeline:
         """``(sampler, steps, guidance)`` with the model card's values where ``None``. Steps come from the
         card only together with its sampler (``sampler="ddim"`` alone keeps DDIM's own default)."""
         card = self.recommended
-        if sampler is None:
+        if sampler is None or (self.distilled and sampler == card["sampler"]):
             sampler, steps = card["sampler"], card["steps"] if steps is None else steps
         return sampler, steps, card["guidance"] if guidance is None else guidance
+
+    @property
+    def distilled(self) -> dict[str, Any] | None:
+        """A few-step student's ``distilled`` card (method, sampler, steps, guidance folded in), else ``None``."""
+        return self.config.get("distilled")
+
+    def check_distilled(self, sampler: str, steps: int | None, guidance: float, guidance_rescale: float = 0.0) -> None:
+        """Refuse, naming the setting, what a distilled student was not trained for: another sampler, another
+        step count, another guidance scale (it is inside the network), guidance rescale."""
+        d = self.distilled
+        if not d:
+            return
+        counts = ", ".join(map(str, d["steps"]))
+        what = (f"this model is a student distilled ({d['method']}) for the {d['sampler']} sampler in {counts} "
+                f"step(s) with guidance {d['guidance']:g} folded into the network")
+        if sampler != d["sampler"]:
+            raise UsageError(f"sampler={sampler!r} is not one this model supports: {what} (omit the sampler to use it)")
+        if steps not in d["steps"]:
+            raise UsageError(f"steps={steps!r} is not one this model supports: {what}")
+        if guidance != d["guidance"]:
+            raise UsageError(f"guidance={guidance:g} is not one this model supports: {what}; another scale needs "
+                             f"another distillation (tinydiffusion distill TEACHER --guidance W)")
+        if guidance_rescale:
+            raise UsageError(f"guidance_rescale={guidance_rescale:g} is not one this model supports: {what}")
 
     def to(self, device: str | torch.device) -> "Pipeline":
         self.model.to(device)
@@ -130,8 +155,14 @@ class Pipeline:
         fn = get_sampler(sampler, options)
         if steps is not None:
             self.schedule.timesteps(_as_int(steps), options.get("spacing", "trailing"))  # 1 <= steps <= T
+        self.check_distilled(sampler, _as_int(steps), guidance, guidance_rescale)
+        if self.distilled and options.get("spacing", "trailing") != "trailing":
+            raise bad_value("spacing", options["spacing"], "'trailing' (the grid this student was distilled on)")
+        if self.distilled and options.get("eta", 0):
+            raise bad_value("eta", options["eta"], "0: this student was distilled for deterministic DDIM steps")
         self.model.prediction = self.prediction  # samplers (and the guidance closure) read what the output means
-        model = self.model if guidance == 1.0 and guidance_rescale == 0.0 else cfg(self.model, guidance, guidance_rescale)
+        unguided = self.distilled or (guidance == 1.0 and guidance_rescale == 0.0)  # a student has it inside
+        model = self.model if unguided else cfg(self.model, guidance, guidance_rescale)
         shape = (int(self.config["model"]["channels"]), self.image_size, self.image_size)
         return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape, model is not self.model)
 
@@ -232,6 +263,22 @@ class SamplePlan:
     def image_bytes(self) -> int:
         C, H, W = self.shape
         return 4 * C * H * W
+
+    def images_in(self, batches: Iterable[int]) -> int:
+        """How many images the given batch indices hold (the last batch may be short)."""
+        return sum(min(self.batch_size, self.count - b * self.batch_size) for b in batches)
+
+
+@contextlib.contextmanager
+def counting_evaluations(model: torch.nn.Module) -> Iterator[list[int]]:
+    """``[n]``: the images ``model`` is evaluated on inside the block. Divided by the images sampled it is the
+    network evaluations per image, 2 per guided step (both halves), 1 per step of a student or unguided."""
+    seen = [0]
+    hook = model.register_forward_hook(lambda module, args, out: seen.__setitem__(0, seen[0] + args[0].shape[0]))
+    try:
+        yield seen
+    finally:
+        hook.remove()
 
 
 def _as_int(value: Any) -> Any:

@@ -123,10 +123,35 @@ def euler(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | 
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler}
+@torch.no_grad()
+def consistency(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | None = None, *,
+                steps: int | None = None, generator: Generator = None, callback: Callback | None = None,
+                spacing: str = "trailing", clip_x0: bool = False, start: int = 0) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): each step takes the network's clean
+    image and noises it afresh to the next grid time, ``x_t' = sqrt(ab_t')·x0_hat + sqrt(1 - ab_t')·z``.
+
+    It is the sampler of consistency-distilled students (``distill.py``), whose clean image at any ``x_t``
+    is the end of the ODE through it; for an ordinary network it is a crude ancestral sampler.
+    """
+    x = x_T
+    for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("consistency", schedule), start)):
+        _, x0_hat = predict(model, schedule, x, t, context, clip_x0)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        if t_prev < 0:
+            x = x0_hat
+        else:
+            ab_prev = schedule.ab(t_prev)
+            x = math.sqrt(ab_prev) * x0_hat + math.sqrt(1 - ab_prev) * noise_like(x, generator)
+    return x
 
 
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50}  # None: all T
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler,
+                                                    "consistency": consistency}
+
+
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50,
+                                        "consistency": 4}  # None: all T
 
 
 # ---------------------------------------------------------------------- shared helpers

@@ -34,6 +34,7 @@ from .images import save_grid, to_uint8
 from .interrupts import deferred_stop, test_fault
 from .loss import diffusion_loss
 from .models import build_model, count_parameters, preset
+from .objective import Objective
 from .pipeline import Pipeline
 from .runlog import MetricsLog, progress_bar
 from .schedule import Schedule
@@ -58,10 +59,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = False,
-          notify: Callable[[str], None] | None = None) -> TrainResult:
+          notify: Callable[[str], None] | None = None, objective: Objective | None = None) -> TrainResult:
     """Train into ``config.out``. ``resume``: False (a new run), True (continue; the state must exist)
     or ``"auto"`` (continue when a state exists, else start fresh). ``overwrite`` moves an existing
-    run aside instead of refusing. ``notify`` receives one-line notices as they happen."""
+    run aside instead of refusing. ``notify`` receives one-line notices as they happen. ``objective``
+    replaces the diffusion loss and the random initial weights (distillation); ``None``: ordinary training."""
     if resume not in (False, True, "auto"):
         raise bad_value("resume", resume, "False, True or 'auto'")
     notes: list[str] = []
@@ -82,7 +84,7 @@ def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = 
     existed = out.exists()
     mode = dist.agree(lambda: runlock.claim_run(out, resume, overwrite, holder, note), info)
     try:
-        return _train(config, out, mode, info, holder, note, notes)
+        return _train(config, out, mode, info, holder, note, notes, objective)
     finally:
         if holder:
             holder[-1].release()
@@ -90,10 +92,15 @@ def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = 
                 runlock.remove_empty(out)  # a run that failed before writing anything leaves no folder behind
 
 
-def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks: list, note, notes) -> TrainResult:
+def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks: list, note, notes,
+           objective: Objective | None) -> TrainResult:
     state = read_training_state(out / "state.pt") if mode == "resume" else None
     if state is not None:
         config = resumed_config(state["config"], config, str(out / "state.pt"))
+        saved = state.get("objective")
+        if saved != (objective.identity if objective else None):
+            raise UsageError(f"training state {out / 'state.pt'} belongs to another objective ({saved or 'training'}); "
+                             f"resume it with the settings it was started with")
         if state["world"] != info.world:
             note(f"resuming a run of {state['world']} process(es) on {info.world}: the global batch stays "
                  f"{config.batch_size} ({config.batch_size // info.world} per process); each process's random "
@@ -115,8 +122,15 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     zero_terminal = config.zero_terminal_snr if config.zero_terminal_snr is not None else config.prediction != "eps"
     schedule = schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
     model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T)
+    if objective is not None:
+        if spec.to_dict() != objective.context:
+            raise UsageError(f"the data {config.data!r} gives the context {spec.to_dict()}, but the network was "
+                             f"trained on {objective.context}; pass the data it was trained on")
+        schedule, model_config = objective.schedule, objective.model_config
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(model_config).to(info.device)
+    if objective is not None:
+        model.load_state_dict(objective.weights)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = dist.wrap(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -137,7 +151,9 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     export_config = {"format": "tinydiffusion-model", "version": _version(), "model": model_config.to_dict(),
                      "schedule": schedule.to_dict(), "context": spec.to_dict(), "prediction": config.prediction,
                      "examples": examples, "recommended": _recommended(config, spec),
-                     "training": {"data": config.data, "seed": config.seed, "config": asdict(config)}}
+                     "training": {"data": config.data, "seed": config.seed, "config": asdict(config)},
+                     **(objective.card if objective else {})}
+    grid_settings = objective.preview if objective else {"sampler": "ddim", "steps": min(20, schedule.T), "guidance": 1.0}
     total_steps = _total_steps(config, len(dataset))
     budget_s = 60.0 * config.minutes if config.minutes else None
     B, main = config.batch_size, info.is_main
@@ -167,6 +183,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
             "no earlier state existed"
         save_state(out / "state.pt", {"format": STATE_FORMAT, "config": asdict(config), **where, "world": info.world,
                                       "global_batch": B, "restarts": restarts, "model": model.state_dict(),
+                                      "objective": objective.identity if objective else None,
                                       "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}, kept=kept)
         saved_step[0] = where["step"]
 
@@ -208,8 +225,11 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
                 x0 = make_batch(images, idx, flip=config.flip, generator=g)
                 c = None if contexts is None else contexts[idx]
                 with autocast(info.device, config.precision):
-                    loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond,
-                                          prediction=config.prediction, snr_gamma=config.snr_gamma, generator=g)
+                    if objective is None:
+                        loss = diffusion_loss(net, schedule, x0, c, p_uncond=config.p_uncond,
+                                              prediction=config.prediction, snr_gamma=config.snr_gamma, generator=g)
+                    else:
+                        loss = objective.loss(net, schedule, x0, c, g)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # the gradient norm is the same on every rank (gradients are averaged, and a non-finite loss
@@ -236,7 +256,8 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
                 bar.update(1 if bar.by_steps else max(0.0, min(now - bar.last_t, bar.total - bar.n)))
                 bar.last_t = now
                 if main and step % config.sample_every == 0:
-                    _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts)
+                    _sample_grid(preview, out / "samples" / f"step_{step:06d}.png", config.seed, examples, contexts,
+                                 grid_settings)
                 if step % config.checkpoint_every == 0 or elapsed - last_save >= 60 * config.checkpoint_minutes:
                     saving = True
                     checkpoint(position())
@@ -258,7 +279,7 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     checkpoint(position())
     if main:
         export_model(out / "model", ema, export_config)
-        _sample_grid(preview, out / "samples" / "final.png", config.seed, examples, contexts)
+        _sample_grid(preview, out / "samples" / "final.png", config.seed, examples, contexts, grid_settings)
     dist.barrier(info)
     dist.teardown(info)
     if interrupted:
@@ -338,13 +359,15 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         e.copy_(b)
 
 
-def _sample_grid(preview: Pipeline, path: Path, seed: int, examples: list, contexts: torch.Tensor | None) -> None:
-    """One row per class (or example caption), eight fixed seeds, 20 deterministic DDIM steps from the EMA."""
+def _sample_grid(preview: Pipeline, path: Path, seed: int, examples: list, contexts: torch.Tensor | None,
+                 settings: dict) -> None:
+    """One row per class (or example caption), eight fixed seeds, from the EMA with ``settings`` (sampler, steps,
+    guidance): 20 deterministic DDIM steps, unguided, for ordinary training; the student's own for distillation."""
     if preview.context.kind == "class":
         rows = list(preview.context.names)
     else:  # the cached rows of the example images: no text encoder needed during training
         rows = None if contexts is None or not examples else contexts[[i for i, _ in examples]]
-    images = preview.sample(rows, n=8, seed=min(seed, 2**62), sampler="ddim", steps=min(20, preview.schedule.T))
+    images = preview.sample(rows, n=8, seed=min(seed, 2**62), **settings)
     save_grid(to_uint8(images), path, ncol=8)
 
 

@@ -24,7 +24,7 @@ from .catalog import Catalog, ModelEntry
 from .edits import MAX_EDIT_BODY, checked_edit, parse_edit
 from .errors import NotFound, QueueFull
 from .jobs import Job, JobQueue
-from .params import KEYS, SampleParams, for_model, parse, settings
+from .params import KEYS, SampleParams, check_distilled, for_model, parse, resolve, settings
 from .responses import CatchAll, error_parts, events, install_handlers, single_event, sse_response
 from .runfiles import latest_sample, read_metrics
 from .runner import Pipelines, Runner
@@ -34,7 +34,9 @@ MAX_BODY = 64 * 1024  # bytes of a JSON request body
 STATIC = Path(str(resources.files("tinydiffusion") / "studio" / "static"))
 _PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero=1,item=0.6, none, or a prompt; "
                "repeat for more rows", "context_to": "blend the context towards this one", "mix": "blend weight 0..1",
-               "sampler": "ddpm, ddim, dpmpp_2m or euler", "steps": "1..T", "guidance": "finite, >= 0",
+               "sampler": "ddpm, ddim, dpmpp_2m, euler or consistency (a distilled student: only its own)",
+               "steps": "1..T (a distilled student: its step counts)",
+               "guidance": "finite, >= 0 (a distilled student: only the scale folded into it)",
                "guidance_rescale": "0..1", "eta": "0..1, ddim only", "seed": "int >= 0", "n": "images per row, 1..64"}
 _EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
               "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
@@ -149,7 +151,9 @@ def create_app(runs: Sequence[str | Path] = (), device: str = "cpu", queue_size:
         p = parse(raw, allow=("settings",))
         entry = _checked(studio, replace(p, sampler=None, steps=None, eta=None))
         T = entry.config["schedule"]["T"]
-        job = Job("compare", p, entry, settings=settings(raw.get("settings") if isinstance(raw, dict) else None, T))
+        chosen = settings(raw.get("settings") if isinstance(raw, dict) else None, T)
+        _student_settings(entry, p, chosen)
+        job = Job("compare", p, entry, settings=chosen)
         studio.jobs.submit(job)
         event, data = await job.outcome(request, lambda: studio.jobs.cancel(job.id))
         if event == "error":
@@ -202,6 +206,16 @@ def _checked(studio: Studio, p: SampleParams) -> ModelEntry:
         raise UsageError(f"model={entry.name!r} is not available here: {entry.reason}")
     for_model(p, entry.config, len(entry.default_rows))
     return entry
+
+
+def _student_settings(entry: ModelEntry, p: SampleParams, chosen: list[tuple[str, int]]) -> None:
+    """Compare's settings against a distilled student's limits (its sampler and step counts), refused by name."""
+    _, _, guidance = resolve(p, entry.config)
+    for sampler, steps in chosen:
+        try:
+            check_distilled(entry.config, sampler, steps, guidance, p.guidance_rescale)
+        except UsageError as e:
+            raise UsageError(f"settings={f'{sampler}:{steps}'!r}: {e}") from None
 
 
 async def _json(request: Request, limit: int = MAX_BODY,

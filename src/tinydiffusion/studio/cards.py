@@ -26,9 +26,21 @@ def card(entry) -> dict[str, Any]:
                 "image_size": c["model"]["image_size"], "parameters": parameters(c),
                 "prediction": c.get("prediction", "eps"), "T": c["schedule"]["T"], "schedule": c["schedule"].get("kind"),
                 "defaults": {"sampler": sampler, "steps": steps, "guidance": guidance},
+                "distilled": distilled(c),
                 "card": {"trained": trained(c, entry.run), "readme": readme(entry.path),
                          "training": (c.get("training") or {}).get("config")}})
     return out
+
+
+def distilled(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A few-step student's limits (``config.json`` ``distilled``): the one sampler, the step counts and the
+    guidance scale folded into its network; ``None`` for an ordinary model."""
+    d = config.get("distilled")
+    if not d:
+        return None
+    return {"method": d["method"], "sampler": d["sampler"], "steps": list(d["steps"]), "guidance": float(d["guidance"]),
+            "teacher": d.get("teacher"), "teacher_sampler": d.get("teacher_sampler"),
+            "teacher_steps": d.get("teacher_steps")}
 
 
 def parameters(config: dict[str, Any]) -> int | None:

@@ -113,11 +113,25 @@ def checked_edit(raw: Any, entry) -> EditParams:
     strength = extra["strength"]
     if strength is None:
         strength = 1.0 if keep is not None else 0.6
+    if keep is not None and entry.config.get("distilled"):  # RePaint walks DDPM steps: not what a student learnt
+        d = entry.config["distilled"]
+        raise bad_value("mask", "a mask (inpainting: RePaint over DDPM steps)",
+                        f"no mask with this model: it is a student distilled for the {d['sampler']} sampler only; "
+                        f"omit the mask (img2img), or inpaint with its teacher")
     if keep is not None and p.sampler not in (None, "ddpm"):  # inpainting is RePaint over DDPM steps
         from dataclasses import replace
 
         p = replace(p, sampler="ddpm", eta=None)
     return EditParams(p, picture, keep, strength)
+
+
+def walked(settings: dict[str, Any]) -> int:
+    """The sampler steps an edit walks (one callback, one frame each): the tail ``round(strength · steps)`` of the
+    grid, plus RePaint's jumps back. Not ``nfe``, which counts a guided step's two halves."""
+    from ..edit import repaint_nfe, tail_length
+
+    k = tail_length(settings["strength"], settings["steps"])
+    return repaint_nfe(k, settings["jump_length"], settings["resample"]) if "jump_length" in settings else k
 
 
 def run(job, pipe) -> dict[str, Any]:
@@ -138,7 +152,8 @@ def run(job, pipe) -> dict[str, Any]:
                      strength=e.strength, n=p.n, seed=p.seed, sampler=sampler, steps=steps, guidance=guidance,
                      guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **options)
     s = plan.settings
-    frames = Frames(job, s["nfe"], p.n, stream=True)
+    frames = Frames(job, walked(s), p.n, stream=True)
+    frames.per_step = 2 if plan.plan.guided else 1  # frames report network evaluations, as the library counts them
     parts = []
     for _, x in run_edit(pipe, plan, callback=lambda i, t, x_t, x0: frames(frames.calls, t, x_t, x0)):
         parts.append(x)

@@ -2,14 +2,16 @@
 
 ``parse`` checks what needs no model (types, ranges, the sampler and its options) with the library's own
 checks, so the messages are the CLI's; ``for_model`` then checks what needs the listed model's config
-(steps <= T, class names, how many images in all) without loading its weights. What needs the network or
-the text encoder (prompts) is checked by ``Pipeline.plan`` on the worker, with the same messages.
+(steps <= T, a distilled student's sampler/steps/guidance, class names, how many images in all) without
+loading its weights. What needs the network or the text encoder (prompts) is checked by ``Pipeline.plan`` on
+the worker, with the same messages.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 from .. import checks
@@ -23,7 +25,7 @@ DEFAULT_N = 4
 KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n")
 # The samplers' own step counts when neither the request nor the model card gives one (samplers.py)
 SAMPLER_STEPS = {"ddpm": lambda T: T, "ddim": lambda T: min(50, T), "euler": lambda T: min(50, T),
-                 "dpmpp_2m": lambda T: min(20, T)}
+                 "dpmpp_2m": lambda T: min(20, T), "consistency": lambda T: min(4, T)}
 _INT = re.compile(r"[+-]?\d{1,25}")
 
 
@@ -110,11 +112,12 @@ def sampler_options(sampler: str, p: SampleParams) -> dict[str, Any]:
 
 def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
     """``(sampler, steps, guidance)``: the request's values, else the model card's (``recommended``), else the
-    sampler's own defaults. The card's steps come only with its sampler, as in ``Pipeline.resolve``."""
+    sampler's own defaults. The card's steps come only with its sampler, as in ``Pipeline.resolve`` (for a
+    distilled student, also when the request names the student's own sampler)."""
     card = config.get("recommended") or {}
     T = int(config["schedule"]["T"])
     sampler, steps = p.sampler, p.steps
-    if sampler is None:
+    if sampler is None or (config.get("distilled") and sampler == card.get("sampler")):
         sampler = card.get("sampler", "ddpm")
         steps = card.get("steps") if steps is None else steps
     guidance = float(card.get("guidance", 1.0)) if p.guidance is None else p.guidance
@@ -124,14 +127,16 @@ def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
 
 
 def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
-    """What needs the model's config: steps <= T, the resolved sampler's options, class names, image count."""
+    """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits,
+    class names, image count."""
     from ..context import ContextSpec
     from ..schedule import Schedule
 
-    sampler, steps, _ = resolve(p, config)
+    sampler, steps, guidance = resolve(p, config)
     sampler_options(sampler, p)
     if steps is not None:
         Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
+    check_distilled(config, sampler, steps, guidance, p.guidance_rescale)
     context = config.get("context") or {"kind": "none", "width": 0}
     rows = 1 if p.context_to is not None else len(p.context) if p.context is not None else \
         max(1, min(MAX_ROWS, default_rows))  # the default rows: the first 8 classes or example captions
@@ -141,6 +146,17 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
     if rows * p.n > MAX_IMAGES:
         raise bad_value("n", p.n, f"at most {MAX_IMAGES // rows} images per row here ({rows} context rows × n "
                                   f"must be at most {MAX_IMAGES} images)")
+
+
+def check_distilled(config: dict[str, Any], sampler: str, steps: int | None, guidance: float,
+                    guidance_rescale: float = 0.0) -> None:
+    """A distilled student's limits (its ``distilled`` card: one sampler, its step counts, the guidance folded into
+    the network, no rescale), refused with ``Pipeline.check_distilled``'s messages before any weights are read."""
+    from ..pipeline import Pipeline
+
+    if config.get("distilled"):
+        Pipeline.check_distilled(SimpleNamespace(distilled=config["distilled"]), sampler, steps, guidance,
+                                 guidance_rescale)
 
 
 def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:

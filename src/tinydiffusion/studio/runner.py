@@ -50,7 +50,7 @@ class Runner:
         x, seconds = frames.run(pipe, plan)
         images = to_uint8(x)  # [N, H, W, 3]
         metadata = {**p.metadata(), "sampler": sampler, "steps": steps, "guidance": guidance, "rows": names,
-                    "nfe": frames.calls, "seconds": round(seconds, 3), "model_prediction": pipe.prediction,
+                    "nfe": frames.evaluations, "seconds": round(seconds, 3), "model_prediction": pipe.prediction,
                     "schedule_used": pipe.schedule.to_dict(), "job": job.id}
         grid = encode.png(images, p.n, text={"tinydiffusion": json.dumps(metadata)})
         width = pipe.context.width
@@ -59,7 +59,7 @@ class Runner:
         labels = [pipe.context.label_of(r) for r in names]
         labels = np.repeat(np.array(labels, np.int64), p.n) if names and None not in labels else None
         job.result = Result(images, contexts, labels, metadata, frames.kept, grid, p.n)
-        done = {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": frames.calls,
+        done = {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": frames.evaluations,
                 "sampler": sampler, "steps": steps, "guidance": guidance, "rows": names, "n": p.n,
                 "downloads": {"png": f"/api/jobs/{job.id}/grid.png", "npz": f"/api/jobs/{job.id}/samples.npz",
                               "gif": f"/api/jobs/{job.id}/anim.gif"}}
@@ -80,7 +80,7 @@ class Runner:
             counter = Frames(job, steps, p.n, stream=False, keep=False)
             x, seconds = counter.run(pipe, plan)
             out.append({"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
-                        "seconds": round(seconds, 3), "nfe": counter.calls,
+                        "seconds": round(seconds, 3), "nfe": counter.evaluations,
                         "grid": encode.data_url(encode.png(to_uint8(x), p.n))})
         return {"job": job.id, "rows": out, "guidance": guidance, "contexts": names, "n": p.n, "seed": p.seed}
 
@@ -102,10 +102,15 @@ class Frames:
         self.job, self.steps, self.ncol, self.stream, self.keep = job, steps, ncol, stream, keep
         self.stride = max(1, -(-(steps or 1) // MAX_FRAMES))
         self.kept: list[np.ndarray] = []
-        self.calls, self.t0 = 0, time.perf_counter()
+        self.calls, self.t0, self.per_step = 0, time.perf_counter(), 1
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per image so far: 2 per guided step (both halves), 1 otherwise (the library's count)."""
+        return self.calls * self.per_step
 
     def run(self, pipe, plan) -> tuple[torch.Tensor, float]:
-        self.t0 = time.perf_counter()
+        self.t0, self.per_step = time.perf_counter(), 2 if plan.guided else 1
         x = torch.cat([x for _, x in pipe.run(plan, callback=self)])
         return x, time.perf_counter() - self.t0
 
@@ -120,7 +125,7 @@ class Frames:
             self.kept.append(x_t8)
         if self.stream:
             self.job.emit("frame", {
-                "job": self.job.id, "step": i + 1, "steps": self.steps, "t": int(t), "nfe": self.calls,
+                "job": self.job.id, "step": i + 1, "steps": self.steps, "t": int(t), "nfe": self.evaluations,
                 "elapsed_ms": round(1000 * (time.perf_counter() - self.t0)),
                 "x_t": encode.data_url(encode.png(x_t8, self.ncol, fast=True)),
                 "x0": encode.data_url(encode.png(to_uint8(x0_hat), self.ncol, fast=True))})

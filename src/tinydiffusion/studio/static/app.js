@@ -1,9 +1,10 @@
 // tinydiffusion studio: plain ES2020 modules, no build step, no network beyond this server's /api/.
 // The entry point: tabs, the model list, and the wiring of every control.
 import { $, state, el, api, showError, clearError } from "./util.js";
-import { renderModelCard, renderContext, updateContextString, updateEta } from "./controls.js";
+import { renderModelCard, renderContext, renderSampling, updateContextString, updateEta } from "./controls.js";
 import { resetLive, setLiveState, closeStream, generate, cancel, replay } from "./live.js";
-import { settingRow, renderCompareSettings, updateCompareButtons, runCompare } from "./compare.js";
+import { pausePreview, resumePreview, schedulePreview, stopPreview } from "./instant.js";
+import { newSettingRow, renderCompareSettings, updateCompareButtons, runCompare } from "./compare.js";
 import { initEdit, resetEdit } from "./edit.js";
 import { loadRuns, refreshRun, startRunMonitor, stopRunMonitor } from "./monitor.js";
 
@@ -18,6 +19,7 @@ function showTab(name) {
   for (const p of ["generate", "edit", "compare", "training"]) $(`panel-${p}`).hidden = p !== name;
   $("controls").classList.toggle("dim", name === "training");
   document.body.dataset.tab = name;
+  if (name === "generate") resumePreview(); else pausePreview();
   if (name === "training") startRunMonitor(); else stopRunMonitor();
 }
 
@@ -48,22 +50,28 @@ async function loadModels(rescan = false) {
 
 function selectModel(name) {
   const m = state.models.find((x) => x.name === name);
+  stopPreview();
   state.model = m;
   resetLive();
+  const student = !!(m && m.distilled);
+  document.body.dataset.student = student ? "1" : "0";
+  $("hint-generate").hidden = student;
+  $("hint-instant").hidden = !student;
   if (!m) return;
   renderModelCard(m);
   if (m.available === false || !m.kind) return;
+  renderSampling(m);
   renderContext(m);
-  const d = m.defaults || {};
-  $("sampler").value = d.sampler || "ddpm";
-  $("steps").value = d.steps || m.T || 50;
-  $("steps").max = m.T || "";
-  $("steps-max").textContent = m.T ? `(1–${m.T})` : "";
-  $("guidance").value = d.guidance != null ? d.guidance : 1;
-  updateEta();
   renderCompareSettings(true);
   resetEdit();
   document.body.dataset.model = m.name;
+  schedulePreview();  // a student shows a first picture at once
+}
+
+// Generate (the button or Ctrl+Enter): the live stream, in place of any instant preview.
+function generateNow() {
+  stopPreview();
+  generate();
 }
 
 // ---------- wiring ----------
@@ -83,23 +91,26 @@ function init() {
   for (const id of ["prompt", "prompt-to"]) $(id).addEventListener("input", updateContextString);
   $("mix").addEventListener("input", () => { $("mix-out").textContent = Number($("mix").value).toFixed(2); updateContextString(); });
   $("sampler").addEventListener("change", updateEta);
-  $("dice").addEventListener("click", () => { $("seed").value = String(Math.floor(Math.random() * 1e6)); });
-  $("generate").addEventListener("click", generate);
+  $("dice").addEventListener("click", () => { $("seed").value = String(Math.floor(Math.random() * 1e6)); schedulePreview(); });
+  // a student's instant preview follows the context (see controls.updateContextString) and these
+  document.addEventListener("contextchange", schedulePreview);
+  for (const id of ["steps-choice", "seed", "n"]) $(id).addEventListener("change", schedulePreview);
+  $("generate").addEventListener("click", generateNow);
   $("cancel").addEventListener("click", cancel);
   $("replay").addEventListener("click", replay);
   $("error-close").addEventListener("click", clearError);
   $("compare-add").addEventListener("click", () => {
     const box = $("compare-settings");
-    if (box.children.length < 4) box.append(settingRow("dpmpp_2m", 10));
+    if (box.children.length < 4) box.append(newSettingRow());
     updateCompareButtons();
   });
   $("compare-run").addEventListener("click", runCompare);
   $("run-select").addEventListener("change", refreshRun);
   $("run-refresh").addEventListener("click", loadRuns);
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("generate").disabled) generate();
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("generate").disabled) generateNow();
   });
-  window.addEventListener("beforeunload", closeStream);
+  window.addEventListener("beforeunload", () => { stopPreview(); closeStream(); });
   setLiveState("idle", "ready");
   initEdit();
   loadModels();

@@ -4,7 +4,10 @@ import { samplingParams } from "./controls.js";
 
 export function settingRow(sampler, steps) {
   const select = el("select", { "data-testid": "compare-sampler", "aria-label": "sampler" });
-  for (const [v, label] of Object.entries(SAMPLER_NAMES)) select.append(el("option", { value: v, text: label }));
+  const student = state.model && state.model.distilled;  // a student: its own sampler only
+  for (const [v, label] of Object.entries(SAMPLER_NAMES)) {
+    if (!student || v === student.sampler) select.append(el("option", { value: v, text: label }));
+  }
   select.value = sampler;
   const input = el("input", { type: "number", min: "1", step: "1", value: String(steps), "data-testid": "compare-steps", "aria-label": "steps" });
   const remove = el("button", { class: "icon", title: "Remove", text: "×" });
@@ -22,8 +25,21 @@ export function renderCompareSettings(reset = false) {
   const m = state.model;
   const d = (m && m.defaults) || {};
   const T = (m && m.T) || 500;
+  const s = m && m.distilled;
+  if (s) {  // a student: its step counts (the one it has, twice, if only one)
+    const counts = s.steps.length > 1 ? s.steps.slice(0, 4) : [s.steps[0], s.steps[0]];
+    box.replaceChildren(...counts.map((k) => settingRow(s.sampler, k)));
+    updateCompareButtons();
+    return;
+  }
   box.replaceChildren(settingRow("ddpm", T), settingRow(d.sampler && d.sampler !== "ddpm" ? d.sampler : "ddim", d.steps && d.sampler !== "ddpm" ? d.steps : Math.min(25, T)));
   updateCompareButtons();
+}
+
+// The row "+ setting" adds: DPM-Solver++ 2M in 10 steps, or a student's own sampler at its most steps.
+export function newSettingRow() {
+  const s = state.model && state.model.distilled;
+  return s ? settingRow(s.sampler, s.steps[s.steps.length - 1]) : settingRow("dpmpp_2m", 10);
 }
 
 export function updateCompareButtons() {

@@ -1,6 +1,6 @@
 // The controls on the left: the model card, the context (class sliders or prompts) and the sampling
 // parameters, read as the API's query/body fields.
-import { $, state, el, fmtNum, fmtParams, SHORT_NAMES } from "./util.js";
+import { $, state, el, fmtNum, fmtParams, SAMPLER_NAMES, SHORT_NAMES } from "./util.js";
 
 export function renderModelCard(m) {
   const card = $("model-card");
@@ -20,6 +20,11 @@ export function renderModelCard(m) {
     ["objective", `${m.prediction || "eps"}-prediction · T = ${m.T}`],
     ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${d.steps || m.T} steps, guidance ${fmtNum(d.guidance ?? 1)}`],
   ];
+  const s = m.distilled;
+  if (s) {
+    rows.push(["student", `${s.method} distillation: ${SHORT_NAMES[s.sampler] || s.sampler} in ${stepCounts(s.steps)} steps, guidance ${fmtNum(s.guidance)} folded in`]);
+    if (s.teacher) rows.push(["teacher", `${s.teacher}${s.teacher_steps ? ` (${SHORT_NAMES[s.teacher_sampler] || s.teacher_sampler || "DDIM"}, ${s.teacher_steps} steps)` : ""}`]);
+  }
   if (m.card && m.card.trained) rows.push(["trained", m.card.trained]);
   const dl = el("dl");
   for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", {}, v));
@@ -95,33 +100,80 @@ export function contextParams() {
   return {};
 }
 
+// Every change of the context ends here; the "contextchange" event lets the instant preview follow it.
 export function updateContextString() {
   const p = contextParams();
   let text = p.context === undefined ? (state.model && state.model.kind === "class" ? "(every class)" : "(default rows)") : p.context;
   if (p.context_to) text += `  →  ${p.context_to} @ ${fmtNum(p.mix)}`;
   $("context-string").textContent = text;
+  document.dispatchEvent(new Event("contextchange"));
 }
 
 // ---------- sampling parameters ----------
 
+// The sampler, steps and guidance fields for a model: every choice for an ordinary model; for a distilled
+// student only what it was distilled for (its sampler, its step counts, its guidance scale, fixed: it is
+// inside the network), with a note saying so.
+export function renderSampling(m) {
+  const d = m.defaults || {}, s = m.distilled;
+  const sampler = $("sampler");
+  const names = s ? [s.sampler] : Object.keys(SAMPLER_NAMES);
+  sampler.replaceChildren(...names.map((v) => el("option", { value: v, text: SAMPLER_NAMES[v] || v })));
+  sampler.value = s ? s.sampler : d.sampler || "ddpm";
+  sampler.disabled = !!s;
+  const choice = $("steps-choice");
+  choice.replaceChildren(...(s ? s.steps : []).map((k) => el("option", { value: String(k), text: String(k) })));
+  $("steps").hidden = !!s;
+  choice.hidden = !s;
+  $("steps").value = d.steps || m.T || 50;
+  $("steps").max = m.T || "";
+  if (s) choice.value = String(s.steps.includes(d.steps) ? d.steps : s.steps[0]);
+  $("steps-max").textContent = s ? "" : m.T ? `(1–${m.T})` : "";
+  $("guidance").value = s ? s.guidance : d.guidance != null ? d.guidance : 1;
+  $("guidance-rescale").value = "0";
+  for (const id of ["guidance", "guidance-rescale"]) {
+    $(id).disabled = !!s;
+    $(id).closest(".field").classList.toggle("disabled", !!s);
+  }
+  const note = $("distilled-note");
+  note.hidden = !s;
+  note.replaceChildren();
+  if (s) {
+    note.append(el("b", { text: `distilled: ${stepCounts(s.steps)} steps, guidance ${fmtNum(s.guidance)} inside` }),
+      el("span", { class: "muted", text: " · instant preview: moving the context samples again" }));
+  }
+  updateEta();
+}
+
+// "4", "2 or 4", "1, 2 or 4"
+export function stepCounts(steps) {
+  const k = steps.map(String);
+  return k.length > 1 ? `${k.slice(0, -1).join(", ")} or ${k[k.length - 1]}` : k.join("");
+}
+
 export function updateEta() {
-  const ddim = $("sampler").value === "ddim";
+  const ddim = $("sampler").value === "ddim" && !(state.model && state.model.distilled);
   $("eta").disabled = !ddim;
   $("eta-field").classList.toggle("disabled", !ddim);
 }
 
 // Raw values go to the server, which validates them like the CLI (its message is shown on error).
+// A student's guidance is left out: the server uses its card's, the one folded into it.
 export function samplingParams() {
-  const p = { model: state.model ? state.model.name : "", ...contextParams() };
+  const m = state.model, student = !!(m && m.distilled);
+  const p = { model: m ? m.name : "", ...contextParams() };
   p.sampler = $("sampler").value;
   const num = (id, key) => { const v = $(id).value; if (v !== "") p[key] = Number(v); };
-  num("steps", "steps");
-  num("guidance", "guidance");
-  num("guidance-rescale", "guidance_rescale");
-  if (p.sampler === "ddim") num("eta", "eta");
+  num(student ? "steps-choice" : "steps", "steps");
+  if (!student) {
+    num("guidance", "guidance");
+    num("guidance-rescale", "guidance_rescale");
+    if (p.sampler === "ddim") num("eta", "eta");
+  }
   num("seed", "seed");
   num("n", "n");
   for (const [id, key] of [["steps", "steps"], ["seed", "seed"], ["n", "n"]]) {
+    if (student && id === "steps") continue;
     if ($(id).value === "" && $(id).validity.badInput) p[key] = "invalid";
   }
   return p;

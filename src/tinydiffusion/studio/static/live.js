@@ -83,27 +83,7 @@ export function generate() {
   es.addEventListener("done", (e) => {
     settled = true;
     closeStream();
-    const d = JSON.parse(e.data);
-    state.lastDone = d;  // the Edit tab takes a sample from it
-    $("final-grid").src = d.grid;
-    const labels = $("row-labels");
-    labels.replaceChildren();
-    if (Array.isArray(d.rows) && d.rows.length > 1) {
-      labels.style.gridTemplateRows = `repeat(${d.rows.length}, 1fr)`;
-      for (const name of d.rows) labels.append(el("span", { text: name, title: name }));
-    }
-    $("result-info").textContent = `${fmtNum(d.seconds)} s · ${d.nfe} network evals`;
-    $("replay").hidden = state.frames.length < 2;
-    const dl = d.downloads || {};
-    for (const kind of ["png", "npz", "gif"]) {
-      const a = $(`dl-${kind}`);
-      if (dl[kind]) { a.href = dl[kind]; a.hidden = false; } else { a.removeAttribute("href"); a.hidden = true; }
-    }
-    $("progress-bar").style.width = "100%";
-    $("result").hidden = false;
-    live.hidden = true;
-    live.dataset.finalAfter = live.dataset.frames;
-    setLiveState("done", `done in ${fmtNum(d.seconds)} s`);
+    showResult(JSON.parse(e.data));
   });
 
   // A server-sent "error" event carries JSON data; a connection failure is a plain Event.
@@ -139,6 +119,38 @@ export function generate() {
     setLiveState("error", "error");
     live.classList.add("stale");
   });
+}
+
+// A finished job's grid (the stream's "done" event, or an instant preview's answer): the result with its row
+// labels, timing and downloads, in place of the live view.
+export function showResult(d, note = "") {
+  state.lastDone = d;  // the Edit tab takes a sample from it
+  const grid = $("final-grid");
+  grid.src = d.grid;
+  grid.dataset.job = d.job || "";
+  grid.dataset.rows = (d.rows || []).join(" | ");
+  const labels = $("row-labels");
+  labels.replaceChildren();
+  if (Array.isArray(d.rows) && d.rows.length > 1) {
+    labels.style.gridTemplateRows = `repeat(${d.rows.length}, 1fr)`;
+    for (const name of d.rows) labels.append(el("span", { text: name, title: name }));
+  }
+  $("result-info").textContent = `${fmtNum(d.seconds)} s · ${d.nfe} network evals${note ? ` · ${note}` : ""}`;
+  $("replay").hidden = state.frames.length < 2;
+  const dl = d.downloads || {};
+  for (const kind of ["png", "npz", "gif"]) {
+    const a = $(`dl-${kind}`);
+    if (dl[kind]) { a.href = dl[kind]; a.hidden = false; } else { a.removeAttribute("href"); a.hidden = true; }
+  }
+  $("progress-bar").style.width = "100%";
+  $("result").hidden = false;
+  $("result").classList.remove("updating");
+  $("generate-hint").hidden = true;
+  const live = $("live");
+  live.hidden = true;
+  live.classList.remove("stale");
+  live.dataset.finalAfter = live.dataset.frames;
+  setLiveState("done", `${note || "done"} in ${fmtNum(d.seconds)} s`);
 }
 
 // Side by side for squarish grids, one above the other for wide ones (a single row of images).

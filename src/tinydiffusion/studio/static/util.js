@@ -2,7 +2,8 @@
 // Shared state and small helpers.
 
 export const $ = (id) => document.getElementById(id);
-export const state = { models: [], model: null, es: null, job: null, runTimer: null, runs: [], frames: [], replay: null };
+export const state = { models: [], model: null, es: null, job: null, runTimer: null, runs: [], frames: [], replay: null,
+  lastDone: null };
 
 // ---------- helpers ----------
 
@@ -50,5 +51,5 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export const SAMPLER_NAMES = { ddpm: "DDPM", ddim: "DDIM", dpmpp_2m: "DPM-Solver++ 2M", euler: "Euler" };
-export const SHORT_NAMES = { ddpm: "DDPM", ddim: "DDIM", dpmpp_2m: "DPM++ 2M", euler: "Euler" };
+export const SAMPLER_NAMES = { ddpm: "DDPM", ddim: "DDIM", dpmpp_2m: "DPM-Solver++ 2M", euler: "Euler", consistency: "Consistency" };
+export const SHORT_NAMES = { ddpm: "DDPM", ddim: "DDIM", dpmpp_2m: "DPM++ 2M", euler: "Euler", consistency: "Consistency" };
