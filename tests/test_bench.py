@@ -33,7 +33,7 @@ def test_bench_reports_every_figure_and_the_ratios_to_the_course_network():
     for key in ("flops_per_image", "train_images_per_s_fp32", "train_gflops_fp32", "train_share_of_ceiling_fp32",
                 "ms_per_eval_b1_fp32", "ms_per_eval_b2_fp32", "eval_gflops_b2_fp32"):
         assert tiny[key] > 0, key
-    assert set(report["sampler_overhead_ms_per_step"]) == {"ddpm", "ddim", "dpmpp_2m", "euler"}
+    assert set(report["sampler_overhead_ms_per_step"]) == {"ddpm", "ddim", "dpmpp_2m", "euler", "consistency"}
     variants = [r["variant"] for r in report["variants"]["rows"]]
     assert variants[:3] == ["as is", "channels-last", "no inference_mode"]
     assert report["variants"]["rows"][0]["train_ratio"] == 1.0

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from tinydiffusion.cli import main
@@ -54,3 +55,19 @@ def test_loaded_on_cpu_samples_channels_last_with_the_same_images_per_seed():
     pipe.model.to(memory_format=torch.contiguous_format)
     plain = pipe.sample(["hero", "spell"], n=3, seed=5, sampler="ddim", steps=3, batch_size=4)
     assert torch.allclose(fast, plain, atol=1e-4)
+
+
+def test_shipped_students_are_distilled_sprites_and_refuse_other_settings():
+    """sprites-fast (4 evaluations) and sprites-instant (1) sample by name with their own settings only."""
+    from tinydiffusion.errors import UsageError
+
+    for name, steps in (("sprites-fast", 4), ("sprites-instant", 1)):
+        pipe = load(name)
+        assert pipe.distilled["steps"] == [steps] and pipe.distilled["guidance"] == 3.0
+        assert pipe.recommended == {"sampler": "ddim", "steps": steps, "guidance": 3.0}
+        teacher = load("sprites")
+        assert pipe.config["model"] == teacher.config["model"] and pipe.context.names == teacher.context.names
+        x = pipe.sample(["hero"], n=2)
+        assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+        with pytest.raises(UsageError, match="distilled"):
+            pipe.sample(["hero"], sampler="dpmpp_2m")

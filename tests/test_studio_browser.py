@@ -225,7 +225,7 @@ def test_compare_shows_settings_side_by_side_and_json_errors(page):
     page.get_by_test_id("compare-run").click()
     items = page.get_by_test_id("compare-item")
     expect(items).to_have_count(2)
-    expect(items.nth(0)).to_contain_text("5 network evals")
+    expect(items.nth(0)).to_contain_text("10 network evals")  # 5 guided steps (the card's guidance 3), 2 each
     expect(items.nth(1)).to_contain_text("DPM++ 2M")
     assert page.evaluate("[...document.querySelectorAll('#compare-results img')].every(i => i.naturalWidth > 0)")
 

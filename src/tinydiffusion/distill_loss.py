@@ -96,8 +96,10 @@ def progressive_loss(student, teacher, schedule: Schedule, x0: torch.Tensor, con
 def consistency_loss(student, teacher, schedule: Schedule, x0: torch.Tensor, context: torch.Tensor | None, *,
                      steps: int, prediction: str = "v", p_uncond: float = 0.0,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean squared clean-image error between the student at ``x_t`` and its stop-gradient self one teacher
-    DDIM step later on the ``steps``-grid (the teacher's clean image after the grid's last step)."""
+    """Squared clean-image error, weighted by ``1 + SNR`` as the progressive loss (the network's ``v`` error),
+    between the student at ``x_t`` and its stop-gradient self one teacher DDIM step later on the ``steps``-grid
+    (the teacher's clean image after the grid's last step). Unweighted, the small-noise steps, whose clean
+    image is nearly ``x_t``, barely count and drift (measured: noisy samples at every step count)."""
     grid = schedule.timesteps(steps)
     x_t, t, context = _noisy(schedule, x0, context, grid, p_uncond, generator)
     nxt = dict(zip(grid, grid[1:] + [-1]))
@@ -112,7 +114,8 @@ def consistency_loss(student, teacher, schedule: Schedule, x0: torch.Tensor, con
             target[i.to(x_prev.device)] = clean_prediction(student, schedule, x_prev[i.to(x_prev.device)],
                                                            t_prev[i], c, prediction)[0]
     x0_hat, _ = clean_prediction(student, schedule, x_t, t, context, prediction)
-    return ((x0_hat - target) ** 2).mean()
+    _, s = alpha_sigma(schedule, t, x_t)
+    return (((x0_hat - target) / s) ** 2).mean()
 
 
 def _noisy(schedule: Schedule, x0: torch.Tensor, context: torch.Tensor | None, grid: list[int], p_uncond: float,

@@ -311,7 +311,7 @@ def get_sampler(name: str, options: dict[str, Any]) -> Callable:
     return fn
 
 
-SHIPPED = ("sprites", "emoji")
+SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant")  # the last two: distilled students of sprites
 
 
 def resolve_model(path: str | Path) -> Path:

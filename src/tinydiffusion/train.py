@@ -131,6 +131,10 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     model = build_model(model_config).to(info.device)
     if objective is not None:
         model.load_state_dict(objective.weights)
+    if info.device.type == "cpu":
+        # channels-last convolutions train as fast or faster on a CPU (16 px: equal in fp32; 32 px: 1.25× in fp32)
+        # and let bf16 pay (32 px: 1.7× fp32's images/s, benchmarks/bf16.py); the weights' values are unchanged
+        model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = dist.wrap(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
