@@ -46,8 +46,8 @@ def app(root):
     return create_app([root / "runs"], device="cpu", queue_size=4, models={"tiny": root / "runs" / "tiny" / "model"})
 
 
-@pytest.fixture(scope="module")
-def client(app):
+def checked_client(app):
+    """A test client that fails any plain (non-stream) response showing a traceback."""
     def no_traceback(response):
         if "text/event-stream" not in response.headers.get("content-type", ""):
             response.read()
@@ -56,6 +56,11 @@ def client(app):
     with TestClient(app) as c:
         c.event_hooks = {"request": [], "response": [no_traceback]}
         yield c
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    yield from checked_client(app)
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the studio needs the 'serve' extra: pip install 'tinydiffusion[serve]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the 'serve' extra)")
 
-from starlette.testclient import TestClient  # noqa: E402
-
-from studio_helpers import events, make_student, root  # noqa: E402,F401  (fixtures)
+from studio_helpers import checked_client, events, make_student, root  # noqa: E402,F401  (fixtures)
 from test_studio_edit import EDIT_INPUT, data_url  # noqa: E402
 
 STUDENT = "runs/student"  # progressive: DDIM in 2 steps
@@ -30,16 +28,7 @@ def client(root):
     teacher = root / "runs" / "tiny" / "model"
     make_student(teacher, root / "runs" / "student", "progressive", steps=2, teacher_steps=4)
     make_student(teacher, root / "runs" / "cstudent", "consistency", steps=2, teacher_steps=4)
-    app = create_app([root / "runs"], device="cpu", queue_size=4, models={})
-
-    def no_traceback(response):
-        if "text/event-stream" not in response.headers.get("content-type", ""):
-            response.read()
-            assert "Traceback" not in response.text, response.text
-
-    with TestClient(app) as c:
-        c.event_hooks = {"request": [], "response": [no_traceback]}
-        yield c
+    yield from checked_client(create_app([root / "runs"], device="cpu", queue_size=4, models={}))
 
 
 def sample(client, model: str, **params):

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +38,7 @@ from .files import AtomicFolder, clean_stale_temps, write_json
 from .guidance import cfg
 from .objective import Objective
 from .pipeline import Pipeline, load
-from .trainconfig import TrainConfig
+from .trainconfig import TrainConfig, recorded_config
 
 METHODS = ("progressive", "consistency")
 SAMPLER_OF = {"progressive": "ddim", "consistency": "consistency"}
@@ -230,12 +230,7 @@ def _student_train_config(teacher: Pipeline, config: DistillConfig) -> TrainConf
     if not isinstance(saved, dict):
         raise UsageError(f"model {config.teacher} does not record how it was trained (config.json 'training.config'); "
                          f"it cannot be distilled without its training data settings")
-    known = {f.name for f in fields(TrainConfig)}
-    kept = {k: (tuple(v) if k == "class_names" and v else v) for k, v in saved.items() if k in known}
-    try:
-        base = TrainConfig(**kept)
-    except UsageError as e:
-        raise UsageError(f"model {config.teacher}: its recorded training settings are invalid: {e}") from None
+    base = recorded_config(saved, f"model {config.teacher}")
     return replace(base, data=config.data or base.data, batch_size=config.batch_size, lr=config.lr,
                    warmup=config.warmup, ema_decay=config.ema_decay, weight_decay=0.0, grad_clip=1.0,
                    snr_gamma=None, epochs=None, sample_every=config.sample_every,

@@ -61,25 +61,6 @@ class Pipeline:
         """A few-step student's ``distilled`` card (method, sampler, steps, guidance folded in), else ``None``."""
         return self.config.get("distilled")
 
-    def check_distilled(self, sampler: str, steps: int | None, guidance: float, guidance_rescale: float = 0.0) -> None:
-        """Refuse, naming the setting, what a distilled student was not trained for: another sampler, another
-        step count, another guidance scale (it is inside the network), guidance rescale."""
-        d = self.distilled
-        if not d:
-            return
-        counts = ", ".join(map(str, d["steps"]))
-        what = (f"this model is a student distilled ({d['method']}) for the {d['sampler']} sampler in {counts} "
-                f"step(s) with guidance {d['guidance']:g} folded into the network")
-        if sampler != d["sampler"]:
-            raise UsageError(f"sampler={sampler!r} is not one this model supports: {what} (omit the sampler to use it)")
-        if steps not in d["steps"]:
-            raise UsageError(f"steps={steps!r} is not one this model supports: {what}")
-        if guidance != d["guidance"]:
-            raise UsageError(f"guidance={guidance:g} is not one this model supports: {what}; another scale needs "
-                             f"another distillation (tinydiffusion distill TEACHER --guidance W)")
-        if guidance_rescale:
-            raise UsageError(f"guidance_rescale={guidance_rescale:g} is not one this model supports: {what}")
-
     def to(self, device: str | torch.device) -> "Pipeline":
         self.model.to(device)
         return self
@@ -155,11 +136,7 @@ class Pipeline:
         fn = get_sampler(sampler, options)
         if steps is not None:
             self.schedule.timesteps(_as_int(steps), options.get("spacing", "trailing"))  # 1 <= steps <= T
-        self.check_distilled(sampler, _as_int(steps), guidance, guidance_rescale)
-        if self.distilled and options.get("spacing", "trailing") != "trailing":
-            raise bad_value("spacing", options["spacing"], "'trailing' (the grid this student was distilled on)")
-        if self.distilled and options.get("eta", 0):
-            raise bad_value("eta", options["eta"], "0: this student was distilled for deterministic DDIM steps")
+        check_distilled(self.distilled, sampler, _as_int(steps), guidance, guidance_rescale, options)
         self.model.prediction = self.prediction  # samplers (and the guidance closure) read what the output means
         unguided = self.distilled or (guidance == 1.0 and guidance_rescale == 0.0)  # a student has it inside
         model = self.model if unguided else cfg(self.model, guidance, guidance_rescale)
@@ -233,6 +210,32 @@ class Pipeline:
         job = plan_interpolate(self, seed_a, seed_b, frames=frames, context=context, context_to=context_to,
                                sampler=sampler, steps=steps, guidance=guidance, **options)
         return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+
+
+def check_distilled(distilled: dict[str, Any] | None, sampler: str, steps: int | None, guidance: float,
+                    guidance_rescale: float = 0.0, options: dict[str, Any] | None = None) -> None:
+    """Refuse, naming the setting, what a student with this ``distilled`` card was not trained for: another
+    sampler, step count or guidance scale (it is inside the network), guidance rescale, another time grid,
+    DDIM noise. ``None`` (an ordinary model) passes. The studio calls it before any weights are read."""
+    d, options = distilled, options or {}
+    if not d:
+        return
+    counts = ", ".join(map(str, d["steps"]))
+    what = (f"this model is a student distilled ({d['method']}) for the {d['sampler']} sampler in {counts} "
+            f"step(s) with guidance {d['guidance']:g} folded into the network")
+    if sampler != d["sampler"]:
+        raise UsageError(f"sampler={sampler!r} is not one this model supports: {what} (omit the sampler to use it)")
+    if steps not in d["steps"]:
+        raise UsageError(f"steps={steps!r} is not one this model supports: {what}")
+    if guidance != d["guidance"]:
+        raise UsageError(f"guidance={guidance:g} is not one this model supports: {what}; another scale needs "
+                         f"another distillation (tinydiffusion distill TEACHER --guidance W)")
+    if guidance_rescale:
+        raise UsageError(f"guidance_rescale={guidance_rescale:g} is not one this model supports: {what}")
+    if options.get("spacing", "trailing") != "trailing":
+        raise bad_value("spacing", options["spacing"], "'trailing' (the grid this student was distilled on)")
+    if options.get("eta", 0):
+        raise bad_value("eta", options["eta"], "0: this student was distilled for deterministic DDIM steps")
 
 
 @dataclass(frozen=True, eq=False)

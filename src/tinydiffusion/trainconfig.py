@@ -101,16 +101,22 @@ class TrainConfig:
         return self if any(getattr(self, k) for k in BUDGET) else replace(self, minutes=DEFAULT_MINUTES)
 
 
-def resumed_config(saved: Any, given: TrainConfig, where: str) -> TrainConfig:
-    """The saved run's settings, with the budget and the run-handling settings of this call."""
+def recorded_config(saved: Any, where: str) -> TrainConfig:
+    """A ``TrainConfig`` from settings saved as JSON or in a state (``where`` names them in a refusal): lists back
+    to tuples, fields of other versions dropped, every value checked again."""
     if not isinstance(saved, dict):
-        raise UsageError(f"training state {where} holds no valid config")
+        raise UsageError(f"{where} holds no valid training config")
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: (tuple(v) if k == "class_names" and v else v) for k, v in saved.items() if k in known}
     try:
-        config = TrainConfig(**saved)
+        return TrainConfig(**saved)
     except UsageError as e:
-        raise UsageError(f"training state {where} holds an invalid config: {e}") from None
+        raise UsageError(f"{where} holds an invalid training config: {e}") from None
+
+
+def resumed_config(saved: Any, given: TrainConfig, where: str) -> TrainConfig:
+    """The saved run's settings, with the budget and the run-handling settings of this call."""
+    config = recorded_config(saved, f"training state {where}")
     budget = {k: getattr(given, k) for k in BUDGET} if any(getattr(given, k) for k in BUDGET) else {}
     return replace(config, **{k: getattr(given, k) for k in RESUME_OVERRIDES}, **budget)
 

@@ -24,7 +24,7 @@ from .catalog import Catalog, ModelEntry
 from .edits import MAX_EDIT_BODY, checked_edit, parse_edit
 from .errors import NotFound, QueueFull
 from .jobs import Job, JobQueue
-from .params import KEYS, SampleParams, check_distilled, for_model, parse, resolve, settings
+from .params import KEYS, SampleParams, for_model, parse, resolve, settings
 from .responses import CatchAll, error_parts, events, install_handlers, single_event, sse_response
 from .runfiles import latest_sample, read_metrics
 from .runner import Pipelines, Runner
@@ -210,10 +210,12 @@ def _checked(studio: Studio, p: SampleParams) -> ModelEntry:
 
 def _student_settings(entry: ModelEntry, p: SampleParams, chosen: list[tuple[str, int]]) -> None:
     """Compare's settings against a distilled student's limits (its sampler and step counts), refused by name."""
+    from ..pipeline import check_distilled
+
     _, _, guidance = resolve(p, entry.config)
     for sampler, steps in chosen:
         try:
-            check_distilled(entry.config, sampler, steps, guidance, p.guidance_rescale)
+            check_distilled(entry.config.get("distilled"), sampler, steps, guidance, p.guidance_rescale)
         except UsageError as e:
             raise UsageError(f"settings={f'{sampler}:{steps}'!r}: {e}") from None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 from .. import checks
@@ -130,13 +129,15 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
     """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits,
     class names, image count."""
     from ..context import ContextSpec
+    from ..pipeline import check_distilled  # the library's refusals, before any weights are read
     from ..schedule import Schedule
 
     sampler, steps, guidance = resolve(p, config)
     sampler_options(sampler, p)
     if steps is not None:
         Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
-    check_distilled(config, sampler, steps, guidance, p.guidance_rescale)
+    check_distilled(config.get("distilled"), sampler, steps, guidance, p.guidance_rescale,
+                    sampler_options(sampler, p))
     context = config.get("context") or {"kind": "none", "width": 0}
     rows = 1 if p.context_to is not None else len(p.context) if p.context is not None else \
         max(1, min(MAX_ROWS, default_rows))  # the default rows: the first 8 classes or example captions
@@ -146,17 +147,6 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
     if rows * p.n > MAX_IMAGES:
         raise bad_value("n", p.n, f"at most {MAX_IMAGES // rows} images per row here ({rows} context rows × n "
                                   f"must be at most {MAX_IMAGES} images)")
-
-
-def check_distilled(config: dict[str, Any], sampler: str, steps: int | None, guidance: float,
-                    guidance_rescale: float = 0.0) -> None:
-    """A distilled student's limits (its ``distilled`` card: one sampler, its step counts, the guidance folded into
-    the network, no rescale), refused with ``Pipeline.check_distilled``'s messages before any weights are read."""
-    from ..pipeline import Pipeline
-
-    if config.get("distilled"):
-        Pipeline.check_distilled(SimpleNamespace(distilled=config["distilled"]), sampler, steps, guidance,
-                                 guidance_rescale)
 
 
 def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:
