@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from tinydiffusion.dist import autocast, native_bf16
-from tinydiffusion.loss import diffusion_loss
+from tinydiffusion.runtime.dist import autocast, native_bf16
+from tinydiffusion.core.loss import diffusion_loss
 from tinydiffusion.models import build_model, preset
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.core.schedule import Schedule
 
 CPU = torch.device("cpu")
 

@@ -34,8 +34,8 @@ import json, os, resource, sys, time
 import numpy as np, torch
 mode, images_path, labels_path, packed, batches, batch = sys.argv[1:7]
 batches, batch = int(batches), int(batch)
-from tinydiffusion.batches import as_tensor, make_batch
-from tinydiffusion.data import load_dataset
+from tinydiffusion.data.batches import as_tensor, make_batch
+from tinydiffusion.data.sources import load_dataset
 t0 = time.perf_counter()
 if mode == "baseline":
     images = None
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--prepare", help=argparse.SUPPRESS)  # (internal) make and pack the set in this folder
     args = parser.parse_args()
     if args.prepare:
-        from tinydiffusion.pack import pack_dataset
+        from tinydiffusion.data.pack import pack_dataset
 
         t0 = time.perf_counter()
         images, labels = make_set(Path(args.prepare), args.images, args.size)
@@ -114,7 +114,7 @@ def main() -> None:
         pack_dataset(str(images), Path(args.prepare) / "packed.npy", labels=str(labels))
         print(json.dumps([round(t1 - t0, 2), round(time.perf_counter() - t1, 2)]))
         return
-    from tinydiffusion.files import write_json
+    from tinydiffusion.store.files import write_json
 
     with tempfile.TemporaryDirectory(prefix="data_memory.") as tmp:
         folder = Path(tmp)

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 def collective_worker(calls: int) -> None:
     """Run inside torchrun: time ``calls`` agreements the way the training loop makes them."""
-    from tinydiffusion import dist
+    from tinydiffusion.runtime import dist
 
     info = dist.setup("cpu")
     for _ in range(50):  # warm the connection

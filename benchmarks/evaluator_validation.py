@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import torch
 
-from tinydiffusion.batches import as_tensor
-from tinydiffusion.data import load_dataset
-from tinydiffusion.evaluator import Ensemble, Evaluator, EvaluatorConfig, _train_member, holdout_accuracy, split
+from tinydiffusion.data.batches import as_tensor
+from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.quality.featurenet import Ensemble, Evaluator, EvaluatorConfig, _train_member, holdout_accuracy, split
 
 
 def validation_split(labels, config: EvaluatorConfig) -> tuple:

@@ -6,7 +6,7 @@
 # Runs from the repository root with the machine's own python3 (torch with CUDA) and the package
 # from src/ (no install). The emoji model needs the caption-embedding cache: XDG_CACHE_HOME must
 # hold tinydiffusion/captions-all-MiniLM-L6-v2-*.npy (made on any machine with the 'text' extra by
-# training once, or by tinydiffusion.text.embed_captions), so the GPU never loads the text encoder.
+# training once, or by tinydiffusion.conditioning.text.embed_captions), so the GPU never loads the text encoder.
 # Rehearse on a CPU with tiny settings:
 #   DEVICE=cpu PYTHON=.venv/bin/python PRESETS=tiny BATCH=8 SECONDS_EACH=0.1 EVAL_EPOCHS=1 N=4 \
 #     bash benchmarks/gpu.sh /tmp/rehearsal 0.02

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from tinydiffusion.loss import diffusion_loss
+from tinydiffusion.core.loss import diffusion_loss
 from tinydiffusion.models import PRESETS, build_model, count_parameters, preset
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.core.schedule import Schedule
 
 
 def images_per_second(name: str, size: int, batch: int, seconds: float) -> tuple[int, float, float]:

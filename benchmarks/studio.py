@@ -85,7 +85,7 @@ def first_frame(httpx, base: str, repeats: int, params: dict | None = None) -> d
 def final_image(httpx, base: str, repeats: int) -> dict:
     import torch
 
-    from tinydiffusion.pipeline import load
+    from tinydiffusion.sampling.pipeline import load
 
     pipe = load("sprites")
     api, local = [], []

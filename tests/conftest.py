@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.core.schedule import Schedule
 
 
 class PointMassOracle:
@@ -73,7 +73,7 @@ TINY_TRAIN = ["--model", "tiny", "--image-size", "8", "--T", "50", "--batch-size
 
 def train_tiny(root, steps: int, *extra: str):
     """``root/shapes.npz`` and a tiny model trained on it by the CLI into ``root/run`` (its export in ``run/model``)."""
-    from tinydiffusion.cli import main
+    from tinydiffusion.cli.main import main
 
     images, labels, names = shapes()
     np.savez_compressed(root / "shapes.npz", images=images, labels=labels, class_names=np.array(names))

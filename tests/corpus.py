@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 def snapshot(folder: str | Path) -> dict[str, str]:

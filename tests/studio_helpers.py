@@ -21,7 +21,7 @@ TINY = {"model": "tiny", "context": "square", "n": 2, "steps": 3, "sampler": "dd
 def root(tmp_path_factory):
     """``root/runs/tiny``: a tiny model trained 3 steps (metrics.csv, samples/, model/)."""
     from conftest import shapes
-    from tinydiffusion.train import TrainConfig, train
+    from tinydiffusion.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("studio")
     images, labels, names = shapes()
@@ -34,7 +34,7 @@ def root(tmp_path_factory):
 def make_student(teacher, out, method: str = "progressive", steps: int = 2, teacher_steps: int = 4):
     """A few-step student of the exported model folder ``teacher`` (two optimizer steps: seconds), in ``out``;
     its model folder (``out/model``, whose config.json has the ``distilled`` card)."""
-    from tinydiffusion.distill import DistillConfig, distill
+    from tinydiffusion.training.distill import DistillConfig, distill
 
     return distill(DistillConfig(teacher=str(teacher), out=str(out), method=method, steps=steps,
                                  teacher_steps=teacher_steps, iterations=2, batch_size=4, sample_every=1000,

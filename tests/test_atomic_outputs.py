@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_TRAIN
-from tinydiffusion.cli import main
-from tinydiffusion.images import save_grid
+from tinydiffusion.cli.main import main
+from tinydiffusion.store.pictures import save_grid
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -57,7 +57,7 @@ def test_a_reader_never_sees_a_half_written_png(tmp_path):
 
 
 def test_a_failing_writer_keeps_the_old_file(tmp_path, monkeypatch):
-    from tinydiffusion.images import save_gif
+    from tinydiffusion.store.pictures import save_gif
 
     path = tmp_path / "grid.png"
     save_grid(np.zeros((4, 8, 8, 3), np.uint8), path, ncol=2)
@@ -95,7 +95,7 @@ def model(tmp_path_factory):
 
 
 def test_a_failing_npz_write_keeps_the_old_samples(model, tmp_path, monkeypatch):
-    import tinydiffusion.files as files
+    import tinydiffusion.store.files as files
 
     out = tmp_path / "s.npz"
     assert main(["sample", model, "--steps", "2", "--n", "2", "--out", str(out)]) == 0
@@ -114,8 +114,8 @@ def test_a_failing_npz_write_keeps_the_old_samples(model, tmp_path, monkeypatch)
 def test_a_sample_folder_is_streamed_into_a_hidden_sibling_and_appears_whole(model, tmp_path, monkeypatch):
     """The PNGs of earlier batches are on disk (in the hidden temp folder) while later batches are made,
     the folder itself appears only at the end, and an old folder of the same name is replaced whole."""
-    from tinydiffusion.generate import SampleConfig, sample_to_files
-    from tinydiffusion.pipeline import load
+    from tinydiffusion.sampling.generate import SampleConfig, sample_to_files
+    from tinydiffusion.sampling.pipeline import load
 
     out = tmp_path / "samples"
     out.mkdir()
@@ -141,7 +141,7 @@ def test_a_sample_folder_is_streamed_into_a_hidden_sibling_and_appears_whole(mod
 
 
 def test_a_failing_folder_run_leaves_the_old_folder(model, tmp_path, monkeypatch):
-    import tinydiffusion.generate as generate
+    import tinydiffusion.sampling.generate as generate
 
     out = tmp_path / "samples"
     assert main(["sample", model, "--steps", "1", "--n", "2", "--out", str(out)]) == 0
@@ -165,8 +165,8 @@ def test_a_folder_streams_what_an_npz_could_not_hold(model, tmp_path, monkeypatc
     (only one batch of 4 is in memory at a time)."""
     import tinydiffusion.checks as checks
     from tinydiffusion import UsageError
-    from tinydiffusion.generate import SampleConfig, sample_to_files
-    from tinydiffusion.pipeline import load
+    from tinydiffusion.sampling.generate import SampleConfig, sample_to_files
+    from tinydiffusion.sampling.pipeline import load
 
     pipe = load(model)
     monkeypatch.setattr(checks, "available_memory", lambda: 800e3)
@@ -182,8 +182,8 @@ def test_a_folder_streams_what_an_npz_could_not_hold(model, tmp_path, monkeypatc
 def test_gif_frames_stay_bounded_whatever_the_steps():
     import torch
 
-    from tinydiffusion.generate import MAX_GIF_FRAMES, _Frames
-    from tinydiffusion.dist import DistInfo
+    from tinydiffusion.sampling.generate import MAX_GIF_FRAMES, _Frames
+    from tinydiffusion.runtime.dist import DistInfo
 
     frames = _Frames()
     for b in range(3):
@@ -199,7 +199,7 @@ def test_gif_frames_stay_bounded_whatever_the_steps():
 def test_eval_and_compare_leave_no_temp_files(tmp_path):
     """Each file is swapped in whole: nothing named *.tmp is left beside the outputs."""
     from conftest import shapes
-    from tinydiffusion.evaluator import EvaluatorConfig, train_evaluator
+    from tinydiffusion.quality.featurenet import EvaluatorConfig, train_evaluator
 
     images, labels, names = shapes()
     np.savez_compressed(tmp_path / "shapes.npz", images=images, labels=labels, class_names=np.array(names))

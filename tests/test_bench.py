@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from tinydiffusion.bench import BenchConfig, bench, flops_per_image, matmul_ceiling
-from tinydiffusion.cli import main
-from tinydiffusion.cli_bench import format_report
+from tinydiffusion.quality.bench import BenchConfig, bench, flops_per_image, matmul_ceiling
+from tinydiffusion.cli.main import main
+from tinydiffusion.cli.bench import format_report
 from tinydiffusion.models import build_model, preset
 
 QUICK = BenchConfig(presets=("tiny", "course"), diffusers=False, image_size=8, batch_size=4, eval_batches=(1, 2),
@@ -44,7 +44,7 @@ def test_bench_reports_every_figure_and_the_ratios_to_the_course_network():
 
 
 def test_bench_cli_writes_json_and_without_diffusers_says_so(tmp_path, capsys, monkeypatch):
-    import tinydiffusion.bench as bench_module
+    import tinydiffusion.quality.bench as bench_module
 
     monkeypatch.setattr(bench_module, "diffusers_unet", lambda size, width: None)  # as without the extra
     out = tmp_path / "bench.json"

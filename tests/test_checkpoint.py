@@ -4,12 +4,12 @@ import os
 import pytest
 import torch
 
-from tinydiffusion.checkpoint import atomic_write, export_model, load_state, read_model, save_state
-from tinydiffusion.context import ContextSpec
+from tinydiffusion.store.checkpoint import atomic_write, export_model, load_state, read_model, save_state
+from tinydiffusion.conditioning.spec import ContextSpec
 from tinydiffusion.errors import UsageError
 from tinydiffusion.models import build_model, preset
-from tinydiffusion.pipeline import Pipeline, load
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.sampling.pipeline import Pipeline, load
+from tinydiffusion.core.schedule import Schedule
 
 
 def _exported(tmp_path):
@@ -96,9 +96,9 @@ def test_pipeline_refuses_wrong_context_width(tmp_path):
 
 # ---------------------------------------------------------------------- config.json schema (W2-1)
 def test_schema_tables_match_the_code():
-    from tinydiffusion import modelfile
-    from tinydiffusion.context import KINDS
-    from tinydiffusion.loss import PREDICTIONS
+    from tinydiffusion.store import modelfile
+    from tinydiffusion.conditioning.spec import KINDS
+    from tinydiffusion.core.loss import PREDICTIONS
     from tinydiffusion.models import ARCHS, ModelConfig
 
     assert modelfile.ARCHS == ARCHS and modelfile.KINDS == KINDS and tuple(modelfile.PREDICTIONS) == tuple(PREDICTIONS)
@@ -111,7 +111,7 @@ def test_schema_tables_match_the_code():
 def test_shipped_configs_pass_the_schema(folder):
     from importlib import resources
 
-    from tinydiffusion.modelfile import check_config, read_json
+    from tinydiffusion.store.modelfile import check_config, read_json
 
     path = resources.files("tinydiffusion") / "assets" / folder / "config.json"
     check_config(read_json(path), path)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 def test_help_answers_without_importing_torch():
-    code = ("import sys; from tinydiffusion.cli import main\n"
+    code = ("import sys; from tinydiffusion.cli.main import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -101,8 +101,8 @@ def test_data_info_prints_counts_per_class(capsys):
 
 
 def test_cli_sampler_names_are_the_registry():
-    from tinydiffusion.cli import SAMPLER_NAMES
-    from tinydiffusion.samplers import SAMPLERS
+    from tinydiffusion.cli.main import SAMPLER_NAMES
+    from tinydiffusion.core.samplers import SAMPLERS
 
     assert tuple(SAMPLERS) == SAMPLER_NAMES
 

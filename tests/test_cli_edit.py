@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _edit(root, *args):
 
 
 def test_edit_help_does_not_import_torch():
-    code = ("import sys; from tinydiffusion.cli import main\n"
+    code = ("import sys; from tinydiffusion.cli.main import main\n"
             "for cmd in ('edit', 'interpolate'):\n"
             "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tinydiffusion.context import ContextSpec
+from tinydiffusion.conditioning.spec import ContextSpec
 from tinydiffusion.errors import UsageError
 
 SPEC = ContextSpec.classes(["hero", "monster", "item", "spell", "terrain"])

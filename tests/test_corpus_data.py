@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from corpus import assert_refused
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 # ---------------------------------------------------------------------- hostile files

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from corpus import assert_refused
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A valid exported folder, laid out as train.py writes it (tiny: 8 px, 3 classes, T = 50)."""
-    from tinydiffusion.checkpoint import export_model
-    from tinydiffusion.context import ContextSpec
+    from tinydiffusion.store.checkpoint import export_model
+    from tinydiffusion.conditioning.spec import ContextSpec
     from tinydiffusion.models import build_model, preset
-    from tinydiffusion.schedule import Schedule
+    from tinydiffusion.core.schedule import Schedule
 
     torch.manual_seed(0)
     config = preset("tiny", image_size=8, context_width=3, T=50)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_TRAIN
 from corpus import assert_refused
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 HUGE = str(2**70)
 
@@ -19,7 +19,7 @@ HUGE = str(2**70)
 def models(tmp_path_factory):
     """A tiny class model (square, hbar, vbar; T = 50), an unconditional one, and a matching evaluator."""
     from conftest import shapes
-    from tinydiffusion.evaluator import EvaluatorConfig, train_evaluator
+    from tinydiffusion.quality.featurenet import EvaluatorConfig, train_evaluator
 
     root = tmp_path_factory.mktemp("corpus")
     images, labels, names = shapes()
@@ -230,10 +230,10 @@ def test_the_library_refuses_what_the_cli_refuses(tmp_path):
     import torch
 
     from tinydiffusion import UsageError
-    from tinydiffusion.compare import CompareConfig
-    from tinydiffusion.evaluate import EvalConfig
-    from tinydiffusion.evaluator import EvaluatorConfig
-    from tinydiffusion.generate import SampleConfig
+    from tinydiffusion.quality.compare import CompareConfig
+    from tinydiffusion.quality.evaluate import EvalConfig
+    from tinydiffusion.quality.featurenet import EvaluatorConfig
+    from tinydiffusion.sampling.generate import SampleConfig
 
     for make, match in [(lambda: SampleConfig("m", guidance=float("nan")), "guidance=nan"),
                         (lambda: SampleConfig("m", eta=float("inf"), sampler="ddim"), "eta=inf"),
@@ -244,10 +244,10 @@ def test_the_library_refuses_what_the_cli_refuses(tmp_path):
                         (lambda: EvaluatorConfig(epochs=0), "epochs=0")]:
         with pytest.raises(UsageError, match=match):
             make()
-    from tinydiffusion.context import ContextSpec
+    from tinydiffusion.conditioning.spec import ContextSpec
     from tinydiffusion.models import build_model, preset
-    from tinydiffusion.pipeline import Pipeline
-    from tinydiffusion.schedule import Schedule
+    from tinydiffusion.sampling.pipeline import Pipeline
+    from tinydiffusion.core.schedule import Schedule
 
     config = {"model": {"channels": 3, "image_size": 8, "base": 16, "mults": [1, 2, 2]}}
     pipe = Pipeline(build_model(preset("tiny", image_size=8, context_width=3)), Schedule.linear(10),

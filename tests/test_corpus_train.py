@@ -138,8 +138,8 @@ def test_a_state_of_another_format(tmp_path, capsys):
 def test_a_state_with_a_field_of_the_wrong_type(shapes_npz, tmp_path, capsys):
     import torch
 
-    from tinydiffusion.checkpoint import load_state, save_state
-    from tinydiffusion.train import TrainConfig, train
+    from tinydiffusion.store.checkpoint import load_state, save_state
+    from tinydiffusion.training.train import TrainConfig, train
 
     train(TrainConfig(data=str(shapes_npz), out=str(tmp_path / "ok"), model="tiny", image_size=8, T=50, batch_size=16,
                       steps=1, progress=False, device="cpu"))

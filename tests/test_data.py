@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import shapes
-from tinydiffusion.batches import as_tensor, make_batch
-from tinydiffusion.data import load_dataset
+from tinydiffusion.data.batches import as_tensor, make_batch
+from tinydiffusion.data.sources import load_dataset
 from tinydiffusion.errors import UsageError
 
 
@@ -129,14 +129,14 @@ def test_sixteen_bit_grey_png_keeps_its_gradient(tmp_path):
     ("La", (100, 255), (100, 100, 100)), ("RGBa", (5, 6, 7, 255), (5, 6, 7)),
 ])
 def test_to_rgb_handles_every_pillow_mode(mode, value, expected):
-    from tinydiffusion.imagefile import to_rgb
+    from tinydiffusion.store.imagefile import to_rgb
 
     rgb = to_rgb(Image.new(mode, (3, 3), value))
     assert rgb.mode == "RGB" and rgb.getpixel((1, 1)) == expected
 
 
 def test_palette_and_grey_transparency_composite_on_black():
-    from tinydiffusion.imagefile import to_rgb
+    from tinydiffusion.store.imagefile import to_rgb
 
     p = Image.new("P", (2, 1))
     p.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
@@ -150,7 +150,7 @@ def test_palette_and_grey_transparency_composite_on_black():
 
 @pytest.mark.parametrize("size", [0, -3, 100000, 1025, "16", 16.0, True])
 def test_load_dataset_refuses_bad_sizes_before_loading(size, monkeypatch):
-    import tinydiffusion.data as data
+    import tinydiffusion.data.sources as data
 
     monkeypatch.setattr(data, "load_npz", lambda *a, **k: pytest.fail("loaded before checking the size"))
     with pytest.raises(UsageError, match="image_size"):
@@ -210,7 +210,7 @@ def test_pickled_npy_is_refused_without_unpickling(tmp_path):
 
 
 def test_context_vectors_refuse_non_finite_rows_naming_the_row(tmp_path):
-    from tinydiffusion.conditioning import load_vectors
+    from tinydiffusion.conditioning.dataset import load_vectors
 
     rows = np.zeros((4, 3), np.float32)
     rows[2, 1] = np.inf

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import shapes
-from tinydiffusion.cli import main
-from tinydiffusion.batches import as_tensor, batch_images, make_batch
-from tinydiffusion.data import load_dataset
-from tinydiffusion.pack import pack_dataset, sidecar
+from tinydiffusion.cli.main import main
+from tinydiffusion.data.batches import as_tensor, batch_images, make_batch
+from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.pack import pack_dataset, sidecar
 from tinydiffusion.errors import UsageError
 
 
@@ -117,7 +117,7 @@ def test_data_pack_command(tmp_path, shapes_npz, capsys):
 
 
 def test_training_from_a_packed_set_equals_training_in_ram(tmp_path, shapes_npz):
-    from tinydiffusion.train import TrainConfig, train
+    from tinydiffusion.training.train import TrainConfig, train
 
     assert main(["data", "pack", str(shapes_npz), "--out", str(tmp_path / "p.npy")]) == 0
     runs = {}

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import GaussianOracle, PointMassOracle, train_tiny
-from tinydiffusion.cli import main
-from tinydiffusion.distill import DistillConfig, distill
-from tinydiffusion.distill_loss import (alpha_sigma, clean_prediction, consistency_loss, ddim_step, progressive_loss,
+from tinydiffusion.cli.main import main
+from tinydiffusion.training.distill import DistillConfig, distill
+from tinydiffusion.core.distill_loss import (alpha_sigma, clean_prediction, consistency_loss, ddim_step, progressive_loss,
                                         progressive_pairs, step_target)
 from tinydiffusion.errors import UsageError
-from tinydiffusion.pipeline import load
-from tinydiffusion.samplers import ddim
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.sampling.pipeline import load
+from tinydiffusion.core.samplers import ddim
+from tinydiffusion.core.schedule import Schedule
 
 
 def _x(n=6, seed=0):

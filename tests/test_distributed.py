@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinydiffusion.checkpoint import load_state
+from tinydiffusion.store.checkpoint import load_state
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TINYDIFFUSION_DIST_TIMEOUT": "60", "PYTHONUNBUFFERED": "1"}
 ENV.pop("TINYDIFFUSION_TEST_FAULT", None)

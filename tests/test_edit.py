@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import GaussianOracle, MixtureOracle, seeded_generators, wasserstein_1
-from tinydiffusion import edit
+from tinydiffusion.core import edit
 from tinydiffusion.errors import UsageError
-from tinydiffusion.samplers import SAMPLERS, grid
-from tinydiffusion.schedule import SPACINGS, Schedule
+from tinydiffusion.core.samplers import SAMPLERS, grid
+from tinydiffusion.core.schedule import SPACINGS, Schedule
 
 
 def _noise(n, shape, start=0):
@@ -253,9 +253,9 @@ def test_interpolation_refuses_stochastic_samplers(schedule):
 # ---------------------------------------------------------------------- Pipeline methods
 @pytest.fixture(scope="module")
 def pipe():
-    from tinydiffusion.context import ContextSpec
+    from tinydiffusion.conditioning.spec import ContextSpec
     from tinydiffusion.models import build_model, preset
-    from tinydiffusion.pipeline import Pipeline
+    from tinydiffusion.sampling.pipeline import Pipeline
 
     torch.manual_seed(0)
     config = preset("tiny", image_size=8, context_width=3, T=50)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tinydiffusion.errors import UsageError
-from tinydiffusion.loss import diffusion_loss, min_snr_weight
-from tinydiffusion.schedule import Schedule
+from tinydiffusion.core.loss import diffusion_loss, min_snr_weight
+from tinydiffusion.core.schedule import Schedule
 
 
 def _point_mass_predictor(schedule, c, prediction):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinydiffusion.errors import UsageError
-from tinydiffusion.metrics import (conditional_accuracy, frechet_distance, frechet_distance_from_stats,
+from tinydiffusion.quality.metrics import (conditional_accuracy, frechet_distance, frechet_distance_from_stats,
                                    gaussian_stats, kid, memorisation, nearest_pairs, precision_recall, spread)
 
 F64 = torch.float64
@@ -264,7 +264,7 @@ def test_precision_recall_half_the_modes_fresh_draw():
 
 def test_precision_recall_chunked_equals_direct(monkeypatch):
     # force tiny distance blocks: the blocked computation must not change the answer
-    import tinydiffusion.metrics as metrics
+    import tinydiffusion.quality.metrics as metrics
     g = gen(24)
     real, fake = torch.randn(90, 3, generator=g), torch.randn(70, 3, generator=g) * 1.5
     direct = precision_recall(real, fake, k=4)
@@ -294,7 +294,7 @@ def test_memorisation_exact_copies():
 
 
 def test_memorisation_far_samples_and_chunking(monkeypatch):
-    import tinydiffusion.metrics as metrics
+    import tinydiffusion.quality.metrics as metrics
     g = gen(31)
     train = torch.randn(40, 6, generator=g)
     far = torch.randn(10, 6, generator=g) + 100

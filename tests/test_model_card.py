@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 from tinydiffusion.errors import UsageError
-from tinydiffusion.pipeline import load
+from tinydiffusion.sampling.pipeline import load
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from conftest import TINY_TRAIN
-from tinydiffusion.cli import main
-from tinydiffusion.batches import as_tensor, make_batch
-from tinydiffusion.data import load_dataset
+from tinydiffusion.cli.main import main
+from tinydiffusion.data.batches import as_tensor, make_batch
+from tinydiffusion.data.sources import load_dataset
 from tinydiffusion.errors import UsageError
-from tinydiffusion.evaluator import EvaluatorConfig, load_evaluator, split, train_evaluator
+from tinydiffusion.quality.featurenet import EvaluatorConfig, load_evaluator, split, train_evaluator
 
 
 @pytest.fixture(scope="module")

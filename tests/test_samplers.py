@@ -5,8 +5,8 @@ import torch
 
 from conftest import GaussianOracle, PointMassOracle, seeded_generators
 from tinydiffusion.errors import UsageError
-from tinydiffusion.samplers import SAMPLERS, ddim, ddpm
-from tinydiffusion.schedule import SPACINGS, Schedule
+from tinydiffusion.core.samplers import SAMPLERS, ddim, ddpm
+from tinydiffusion.core.schedule import SPACINGS, Schedule
 
 
 def _x_T(shape, seed=0):

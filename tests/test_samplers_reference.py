@@ -6,9 +6,9 @@ import torch
 from conftest import MixtureOracle, PointMassOracle, seeded_generators, wasserstein_1
 from reference import ddim_eq_12, ddpm_algorithm_2
 from tinydiffusion.errors import UsageError
-from tinydiffusion.guidance import cfg
-from tinydiffusion.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m, euler
-from tinydiffusion.schedule import SPACINGS, Schedule
+from tinydiffusion.core.guidance import cfg
+from tinydiffusion.core.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m, euler
+from tinydiffusion.core.schedule import SPACINGS, Schedule
 
 
 def _x_T(shape, seed=0):

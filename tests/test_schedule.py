@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinydiffusion.errors import UsageError
-from tinydiffusion.schedule import SPACINGS, Schedule
+from tinydiffusion.core.schedule import SPACINGS, Schedule
 
 
 def test_linear_matches_ddpm_paper_betas():

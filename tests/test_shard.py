@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from conftest import train_tiny
-    from tinydiffusion.evaluator import EvaluatorConfig, train_evaluator
+    from tinydiffusion.quality.featurenet import EvaluatorConfig, train_evaluator
 
     root = tmp_path_factory.mktemp("shard")
     train_tiny(root, 3)

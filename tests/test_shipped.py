@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from tinydiffusion.cli import main
-from tinydiffusion.pipeline import load
+from tinydiffusion.cli.main import main
+from tinydiffusion.sampling.pipeline import load
 
 
 def test_shipped_sprites_model_samples_by_name(tmp_path):

@@ -248,7 +248,7 @@ def test_20_concurrent_clients_are_served_or_told_to_retry(client, slow):
 def test_a_model_whose_extra_is_missing_is_listed_unavailable(monkeypatch):
     import importlib.util
 
-    from tinydiffusion.pipeline import resolve_model
+    from tinydiffusion.sampling.pipeline import resolve_model
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else
@@ -297,9 +297,9 @@ def test_internal_errors_are_logged_not_shown(client, app, monkeypatch, caplog):
 def test_serve_command_checks_and_warns(monkeypatch, capsys, tmp_path):
     import subprocess
 
-    from tinydiffusion.cli import main
+    from tinydiffusion.cli.main import main
 
-    code = "import sys; import tinydiffusion.cli as c; c.build_parser(); print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
+    code = "import sys; import tinydiffusion.cli.main as c; c.build_parser(); print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
     assert main(["serve", "--port", "70000"]) == 2 and "port=70000" in capsys.readouterr().err
     assert main(["serve", "--runs", str(tmp_path / "missing")]) == 2 and "runs=" in capsys.readouterr().err

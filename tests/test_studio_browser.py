@@ -65,7 +65,7 @@ def runs_dir(tmp_path_factory) -> Path:
     distilled student of its model (``runs/tiny-student``, listed after it: the page opens on the teacher)."""
     from conftest import shapes
     from tinydiffusion import TrainConfig
-    from tinydiffusion.train import train
+    from tinydiffusion.training.train import train
 
     root = tmp_path_factory.mktemp("studio")
     images, labels, names = shapes()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinydiffusion import text
+from tinydiffusion.conditioning import text
 from tinydiffusion.errors import UsageError
-from tinydiffusion.text import HashEncoder, cache_path, default_cache_dir, embed_captions, get_encoder
+from tinydiffusion.conditioning.text import HashEncoder, cache_path, default_cache_dir, embed_captions, get_encoder
 
 TEXTS = ["a red apple", "green apple fruit", "fire dragon monster", "", "!!!", "Grinning Face"]
 
@@ -76,7 +76,7 @@ def test_hash_encoder_matches_its_definition_from_sha256():
 
 
 def test_hash_encoder_does_not_depend_on_pythonhashseed():
-    code = ("import json; from tinydiffusion.text import HashEncoder; "
+    code = ("import json; from tinydiffusion.conditioning.text import HashEncoder; "
             f"print(json.dumps(HashEncoder(64).encode({TEXTS!r}).tolist()))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN
-from tinydiffusion.cli import main
+from tinydiffusion.cli.main import main
 from tinydiffusion.errors import UsageError
-from tinydiffusion.pipeline import load
-from tinydiffusion.text import HashEncoder
-from tinydiffusion.train import TrainConfig, train
+from tinydiffusion.sampling.pipeline import load
+from tinydiffusion.conditioning.text import HashEncoder
+from tinydiffusion.training.train import TrainConfig, train
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@ import csv
 import pytest
 import torch
 
-import tinydiffusion.train as train_module
-from tinydiffusion.checkpoint import load_state
+import tinydiffusion.training.train as train_module
+from tinydiffusion.store.checkpoint import load_state
 from tinydiffusion.errors import UsageError
-from tinydiffusion.pipeline import load
-from tinydiffusion.train import TrainConfig, train
+from tinydiffusion.sampling.pipeline import load
+from tinydiffusion.training.train import TrainConfig, train
 
 
 def _config(data, out, **kw):
@@ -85,7 +85,7 @@ def test_bad_image_size_for_the_model_is_named(shapes_npz, tmp_path):
 
 @pytest.mark.parametrize("prediction", ["v", "x0"])
 def test_a_v_or_x0_trained_model_samples_with_every_sampler(shapes_npz, tmp_path, prediction):
-    from tinydiffusion.samplers import SAMPLERS
+    from tinydiffusion.core.samplers import SAMPLERS
 
     train(_config(shapes_npz, tmp_path / prediction, steps=3, prediction=prediction, zero_terminal_snr=True,
                   snr_gamma=5.0))

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import tinydiffusion.train as train_module
-from tinydiffusion.checkpoint import load_state
-from tinydiffusion.cli import main
+import tinydiffusion.training.train as train_module
+from tinydiffusion.store.checkpoint import load_state
+from tinydiffusion.cli.main import main
 from tinydiffusion.errors import UsageError
-from tinydiffusion.train import TrainConfig, TrainingDiverged, train
+from tinydiffusion.training.train import TrainConfig, TrainingDiverged, train
 
 from corpus import snapshot
 

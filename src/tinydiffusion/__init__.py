@@ -11,15 +11,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "pipeline", "Pipeline": "pipeline",
-    "Schedule": "schedule",
-    "SAMPLERS": "samplers", "ddpm": "samplers", "ddim": "samplers",
-    "ContextSpec": "context",
+    "load": "sampling.pipeline", "Pipeline": "sampling.pipeline",
+    "Schedule": "core.schedule",
+    "SAMPLERS": "core.samplers", "ddpm": "core.samplers", "ddim": "core.samplers",
+    "ContextSpec": "conditioning.spec",
     "ModelConfig": "models", "build_model": "models", "preset": "models", "PRESETS": "models",
-    "diffusion_loss": "loss",
-    "TrainConfig": "train", "TrainResult": "train",  # the function: tinydiffusion.train.train
-    "SampleConfig": "generate", "sample_to_files": "generate",
-    "load_dataset": "data", "Dataset": "data",
+    "diffusion_loss": "core.loss",
+    "TrainConfig": "training.train", "TrainResult": "training.train",  # the function: tinydiffusion.train.train
+    "SampleConfig": "sampling.generate", "sample_to_files": "sampling.generate",
+    "load_dataset": "data.sources", "Dataset": "data.sources",
     "UsageError": "errors",
 }
 

@@ -53,7 +53,7 @@ class ModelConfig:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
         """From the ``model`` section of a ``config.json``: typed and ranged by ``modelfile.MODEL`` first."""
-        from ..modelfile import MODEL, validate
+        from ..store.modelfile import MODEL, validate
 
         d = validate(d, MODEL, "model")
         for key in ("mults", "attention"):

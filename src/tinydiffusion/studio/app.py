@@ -58,7 +58,7 @@ def create_app(runs: Sequence[str | Path] = (), device: str = "cpu", queue_size:
     ``models``: name → model folder instead of the shipped ``sprites`` and ``emoji`` (tests); ``queue_size``:
     jobs that may wait for the worker before requests get 429."""
     from .. import __version__
-    from ..dist import resolve_device
+    from ..runtime.dist import resolve_device
 
     catalog = Catalog(runs, models)
     pipelines = Pipelines(resolve_device(device), cache_size)
@@ -210,7 +210,7 @@ def _checked(studio: Studio, p: SampleParams) -> ModelEntry:
 
 def _student_settings(entry: ModelEntry, p: SampleParams, chosen: list[tuple[str, int]]) -> None:
     """Compare's settings against a distilled student's limits (its sampler and step counts), refused by name."""
-    from ..pipeline import check_distilled
+    from ..sampling.pipeline import check_distilled
 
     _, _, guidance = resolve(p, entry.config)
     for sampler, steps in chosen:

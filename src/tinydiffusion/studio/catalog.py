@@ -65,7 +65,7 @@ class Catalog:
         """List the models again (a new dict swapped in: lookups never wait for a scan)."""
         entries: dict[str, ModelEntry] = {}
         if self.given is None:
-            from ..pipeline import SHIPPED, resolve_model
+            from ..sampling.pipeline import SHIPPED, resolve_model
 
             for name in SHIPPED:
                 entries[name] = _entry(name, resolve_model(name), "shipped")
@@ -162,7 +162,7 @@ def _roots(runs: Sequence[str | Path]) -> list[tuple[str, Path]]:
 
 
 def _entry(name: str, path: Path, source: str, run: Path | None = None) -> ModelEntry:
-    from ..modelfile import check_config, read_json
+    from ..store.modelfile import check_config, read_json
 
     try:
         config = check_config(read_json(path / "config.json"), path / "config.json")

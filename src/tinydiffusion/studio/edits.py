@@ -46,7 +46,8 @@ class EditParams:
 
 def parse_edit(raw: Mapping[str, Any], config: dict | None = None) -> tuple[SampleParams, dict]:
     """The sampling part (``params.parse``) and the edit's own raw values, shape-checked; ``n`` <= 16."""
-    from .. import checks, edit
+    from .. import checks
+    from ..core import edit
 
     if not isinstance(raw, Mapping):
         raise UsageError(f"the request body is {type(raw).__name__}; expected a JSON object with model, image, ...")
@@ -65,7 +66,7 @@ def decode(name: str, value: Any, size: int, *, mask: bool = False) -> np.ndarra
     """uint8 ``[size, size, 3]`` (or for the mask bool ``[size, size]``, true = keep) from a data URL."""
     from PIL import Image
 
-    from ..imagefile import BadImageFile, read_image
+    from ..store.imagefile import BadImageFile, read_image
 
     if not isinstance(value, str):
         raise bad_value(name, type(value).__name__, "a PNG or JPEG picture as a data URL (data:image/png;base64,...)")
@@ -128,7 +129,7 @@ def checked_edit(raw: Any, entry) -> EditParams:
 def walked(settings: dict[str, Any]) -> int:
     """The sampler steps an edit walks (one callback, one frame each): the tail ``round(strength · steps)`` of the
     grid, plus RePaint's jumps back. Not ``nfe``, which counts a guided step's two halves."""
-    from ..edit import repaint_nfe, tail_length
+    from ..core.edit import repaint_nfe, tail_length
 
     k = tail_length(settings["strength"], settings["steps"])
     return repaint_nfe(k, settings["jump_length"], settings["resample"]) if "jump_length" in settings else k
@@ -136,8 +137,8 @@ def walked(settings: dict[str, Any]) -> int:
 
 def run(job, pipe) -> dict[str, Any]:
     """The worker's part: plan (the library's checks), run with live frames, keep the downloads."""
-    from ..editing import beside, mask_picture, plan_edit, run_edit, to_float
-    from ..images import to_uint8
+    from ..sampling.editing import beside, mask_picture, plan_edit, run_edit, to_float
+    from ..store.pictures import to_uint8
     from .jobs import Result
     from .runner import MAX_IMAGES, Frames, rows
 

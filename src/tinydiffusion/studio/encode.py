@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..images import display_scale, grid
+from ..store.pictures import display_scale, grid
 
 
 def png(images: np.ndarray, ncol: int, *, fast: bool = False, text: dict[str, str] | None = None) -> bytes:

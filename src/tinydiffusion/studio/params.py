@@ -103,7 +103,7 @@ def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str,
 
 def sampler_options(sampler: str, p: SampleParams) -> dict[str, Any]:
     """The options ``sampler`` gets from ``p``, checked by the library (an option it does not take is refused)."""
-    from ..pipeline import get_sampler
+    from ..sampling.pipeline import get_sampler
 
     get_sampler(sampler, p.options())
     return p.options()
@@ -128,9 +128,9 @@ def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
 def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
     """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits,
     class names, image count."""
-    from ..context import ContextSpec
-    from ..pipeline import check_distilled  # the library's refusals, before any weights are read
-    from ..schedule import Schedule
+    from ..conditioning.spec import ContextSpec
+    from ..sampling.pipeline import check_distilled  # the library's refusals, before any weights are read
+    from ..core.schedule import Schedule
 
     sampler, steps, guidance = resolve(p, config)
     sampler_options(sampler, p)
@@ -151,7 +151,7 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
 
 def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:
     """Compare's ``settings``: 2..4 ``SAMPLER:STEPS`` strings (steps <= T when ``T`` is given)."""
-    from ..compare import parse_setting
+    from ..quality.compare import parse_setting
 
     if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not 2 <= len(raw) <= MAX_SETTINGS:
         raise bad_value("settings", _short(raw), f"a list of 2 to {MAX_SETTINGS} SAMPLER:STEPS strings such as "

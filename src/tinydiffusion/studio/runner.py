@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..images import to_uint8
+from ..store.pictures import to_uint8
 from . import encode
 from .errors import NotFound
 from .jobs import Job, Result
@@ -140,7 +140,7 @@ class Pipelines:
         self._lock = threading.Lock()
 
     def get(self, entry):
-        from ..pipeline import load
+        from ..sampling.pipeline import load
 
         if not entry.available:
             raise UsageError(f"model={entry.name!r} is not available here: {entry.reason}")

@@ -1,0 +1,203 @@
+"""Editing with the same models: img2img (SDEdit), inpainting (RePaint) and seed interpolation (slerp).
+
+Pure functions over ``(model, schedule, tensors)`` on top of the samplers; nothing is stateful, nothing prints.
+
+**Strength → time grid.** A sampler with ``steps = N`` walks its own descending grid
+``g = grid(sampler, schedule, N, spacing)`` (``samplers.grid``; ``N`` defaults to the sampler's own).
+Strength ``s`` in ``(0, 1]`` keeps its last ``k = max(1, floor(s·N + 1/2))`` steps (``s·N`` rounded half up,
+at least one), so the run costs ``k`` network evaluations (of the guided model: one batched forward each) and
+starts at ``t_start = g[N - k]``:
+
+- ``k < N``: the input is noised to ``t_start`` by the forward process, ``x = q_sample(x0, t_start, noise)``;
+- ``k = N`` (``s = 1``, or ``s`` within ``1/(2N)`` of it): the run is ``sample`` itself, from ``x = noise``,
+  the input ignored, so it equals ``sample`` from the same seed bit for bit (on a zero-terminal-SNR schedule
+  ``q_sample`` at ``T-1`` is that same noise).
+
+``noise`` is the first draw of each image's generator, as ``x_T`` is in ``Pipeline.run``, and the same
+generators feed the sampler's extra noise: an edit depends on its seed only, never on its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .. import checks
+from ..errors import bad_value
+from .samplers import SAMPLERS, Callback, Generator, grid, noise_like, posterior, predict
+from .schedule import Schedule
+
+
+def tail_length(strength: float, steps: int) -> int:
+    """``k``, the steps of an ``N = steps`` grid that strength ``s`` keeps: ``max(1, floor(s·N + 1/2))``."""
+    strength = check_strength(strength)
+    return max(1, min(steps, math.floor(strength * steps + 0.5)))
+
+
+def check_strength(strength: float) -> float:
+    return checks.finite("strength", strength, low=0, high=1, low_open=True,
+                         allowed="a number in (0, 1]: 1 ignores the input, small values keep it")
+
+
+def check_resampling(jump_length: int, resample: int) -> None:
+    checks.integer("jump_length", jump_length, low=1, allowed="a positive number of steps")
+    checks.integer("resample", resample, low=1, allowed="an integer >= 1 (1: no resampling)")
+
+
+def img2img(model, schedule: Schedule, x0: torch.Tensor, context: torch.Tensor | None = None, *,
+            strength: float, sampler: str | Callable = "ddim", steps: int | None = None,
+            generator: Generator = None, noise: torch.Tensor | None = None, callback: Callback | None = None,
+            **options) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022, Alg. 1 in the VP form): noise the input ``x0`` ``[B, C, H, W]`` to the step
+    that ``strength`` names, then run ``sampler`` over the tail of its own grid (the rule is the module's)."""
+    fn, name = sampler_of(sampler)
+    g = grid(name, schedule, steps, options.get("spacing", "trailing"))
+    start = len(g) - tail_length(strength, len(g))
+    noise = noise_like(x0, generator) if noise is None else noise  # [B, C, H, W]: each image's first draw
+    if start == 0:  # the whole grid: sampling from pure noise, the input ignored (strength 1)
+        x = noise
+    else:  # perturb: x_t0 = sqrt(ab) x0 + sqrt(1 - ab) z (SDEdit Alg. 1 in the VP form of Ho et al. eq. 4)
+        x = schedule.q_sample(x0, _steps_of(x0, g[start]), noise)
+    # denoise from t0 with the sampler's own update, from its grid step `start` on (SDEdit Alg. 1, the reverse loop)
+    return fn(model, schedule, x, context, steps=steps, generator=generator, callback=callback, start=start, **options)
+
+
+def repaint_walk(levels: int, jump_length: int, resample: int) -> list[int]:
+    """RePaint's time walk (Lugmayr et al. 2022, §4.2 and their code's jump schedule) over ``levels`` grid
+    levels ``levels-1 … 0`` and the clean state ``-1``: down one level per step; at levels ``0, j, 2j, …``
+    (below ``levels - j``) it jumps back up ``j`` levels, ``resample - 1`` times. ``resample = 1``: no jumps."""
+    jumps = {level: resample - 1 for level in range(0, levels - jump_length, jump_length)}
+    level, walk = levels, []
+    while level >= 1:
+        level -= 1
+        walk.append(level)
+        if jumps.get(level, 0) > 0:
+            jumps[level] -= 1
+            for _ in range(jump_length):
+                level += 1
+                walk.append(level)
+    return walk + [-1]
+
+
+def repaint_nfe(levels: int, jump_length: int, resample: int) -> int:
+    """Network evaluations of a walk: one per step down, ``levels + (r-1)·j·(jump points)``."""
+    return levels + (resample - 1) * jump_length * len(range(0, levels - jump_length, jump_length))
+
+
+@torch.no_grad()
+def inpaint(model, schedule: Schedule, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None,
+            *, steps: int | None = None, spacing: str = "trailing", jump_length: int = 10, resample: int = 1,
+            strength: float = 1.0, variance: str = "large", clip_x0: bool = False, generator: Generator = None,
+            noise: torch.Tensor | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, Alg. 1) over DDPM ancestral steps on the ``steps``-step grid (default:
+    all ``T``): ``mask`` (broadcastable to ``x0``; true or 1 = keep, 0 = generate) keeps the input's pixels,
+    bit for bit in the result. ``strength < 1`` starts from the noised input as in ``img2img``."""
+    if variance not in ("large", "small"):
+        raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
+    check_resampling(jump_length, resample)
+    keep = _keep_mask(mask, x0)  # bool [B, C, H, W]
+    g = grid("ddpm", schedule, steps, spacing)
+    levels = tail_length(strength, len(g))  # the walk's levels l = levels-1 … 0 are the grid steps g[N-1-l]
+    walk = repaint_walk(levels, jump_length, resample)
+    if resample > 1 and len(walk) == levels + 1:
+        raise bad_value("jump_length", jump_length, f"fewer steps than the {levels} steps walked, so that "
+                                                    f"resample={resample} has room to jump back")
+    t_of = {level: g[len(g) - 1 - level] for level in range(levels)} | {-1: -1}
+    noise = noise_like(x0, generator) if noise is None else noise
+    x = noise if levels == len(g) else schedule.q_sample(x0, _steps_of(x0, t_of[levels - 1]), noise)
+    i = 0
+    for here, there in zip(walk, walk[1:]):
+        t, t_next = t_of[here], t_of[there]
+        if there > here:  # jump back: x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta) x_{t-1}, beta I) (RePaint eq. 1)
+            beta = 1.0 - schedule.ab(t_next) / schedule.ab(t)  # the beta of the jump over the skipped steps
+            x = math.sqrt(1 - beta) * x + math.sqrt(beta) * noise_like(x, generator)
+            continue
+        _, x0_hat = predict(model, schedule, x, t, context, clip_x0)
+        if callback is not None:
+            callback(i, t, x, x0_hat)
+        i += 1
+        # unknown part: one DDPM step, x_{t-1} ~ N(mu_theta(x_t, t), sigma_t² I) (RePaint eq. 8, second line)
+        x, var = posterior(schedule, x, x0_hat, t, t_next, variance)
+        if t_next >= 0:
+            x = x + math.sqrt(var) * noise_like(x, generator)
+            # known part: x_{t-1} ~ N(sqrt(ab_{t-1}) x0, (1 - ab_{t-1}) I), the input noised (RePaint eq. 8, first line)
+            known = schedule.q_sample(x0, _steps_of(x0, t_next), noise_like(x, generator))
+        else:
+            known = x0
+        x = torch.where(keep, known, x)  # m ⊙ known + (1 - m) ⊙ unknown (RePaint eq. 8, third line)
+    return torch.where(keep, x0, x)  # the known pixels exactly (the last step already pasted x0 itself)
+
+
+def frame_weights(frames: int) -> list[float]:
+    """``frames`` evenly spaced weights from 0 (the first seed) to 1 (the second)."""
+    frames = checks.integer("frames", frames, low=2, high=10_000, allowed="an integer number of frames in 2..10000")
+    return [i / (frames - 1) for i in range(frames)]
+
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985) of two noise tensors, ``[len(weights), *z_a.shape]``:
+    ``sin((1-w)θ)/sin θ · z_a + sin(wθ)/sin θ · z_b`` with ``θ`` the angle between them, so every frame keeps
+    the norm of a Gaussian draw (a straight line would shrink it to ``≈ 0.71×`` half-way). ``w = 0`` and
+    ``w = 1`` return ``z_a`` and ``z_b`` themselves."""
+    a, b = z_a.double().flatten(), z_b.double().flatten()
+    cos = (a @ b / (a.norm() * b.norm()).clamp(min=1e-300)).clamp(-1, 1)
+    theta = float(torch.arccos(cos))
+    frames = []
+    for w in weights:
+        if w == 0 or w == 1:
+            frames.append((z_a if w == 0 else z_b).clone())
+            continue
+        if math.sin(theta) < 1e-6:  # (anti)parallel: the great circle is not defined, a straight line is
+            z = (1 - w) * a + w * b
+        else:
+            z = (math.sin((1 - w) * theta) * a + math.sin(w * theta) * b) / math.sin(theta)
+        frames.append(z.view(z_a.shape).to(z_a.dtype))
+    return torch.stack(frames)
+
+
+def interpolate(model, schedule: Schedule, z_a: torch.Tensor, z_b: torch.Tensor, context: torch.Tensor | None = None,
+                *, frames: int = 9, sampler: str | Callable = "ddim", steps: int | None = None,
+                callback: Callback | None = None, **options) -> torch.Tensor:
+    """``[frames, C, H, W]``: a deterministic sampler from each slerp frame of the noises ``z_a``, ``z_b``
+    ``[C, H, W]``; ``context`` is ``None``, one row ``[D]`` or one row per frame ``[frames, D]``."""
+    fn, name = sampler_of(sampler)
+    check_deterministic(name, options)
+    x_T = slerp(z_a, z_b, frame_weights(frames))  # [F, C, H, W]
+    if context is not None and context.dim() == 1:
+        context = context.expand(frames, -1)  # [F, D]
+    return fn(model, schedule, x_T, context, steps=steps, callback=callback, **options)
+
+
+# ---------------------------------------------------------------------- helpers
+def sampler_of(sampler: str | Callable) -> tuple[Callable, str]:
+    """``(function, name)`` of a registered sampler given by name or function."""
+    for name, fn in SAMPLERS.items():
+        if sampler == name or sampler is fn:
+            return fn, name
+    raise bad_value("sampler", getattr(sampler, "__name__", sampler), f"one of {', '.join(SAMPLERS)}")
+
+
+def check_deterministic(name: str, options: dict) -> None:
+    """Interpolation needs a sampler that adds no noise on the way, else neighbouring frames are unrelated."""
+    if name == "ddpm" or options.get("eta", 0.0) != 0.0:
+        raise bad_value("sampler", name if name == "ddpm" else f"ddim with eta={options['eta']}",
+                        "a deterministic sampler (ddim with eta 0, dpmpp_2m or euler): noise added on the way "
+                        "would make neighbouring frames unrelated")
+
+
+def _steps_of(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def _keep_mask(mask: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a bool tensor of ``x0``'s shape: true (or above 0.5) = keep."""
+    if not isinstance(mask, torch.Tensor):
+        raise bad_value("mask", type(mask).__name__, "a tensor: 1 (or True) = keep, 0 = generate")
+    keep = mask if mask.dtype == torch.bool else mask > 0.5
+    try:
+        return torch.broadcast_to(keep.to(x0.device), x0.shape)
+    except RuntimeError:
+        raise bad_value("mask", f"tensor of shape {tuple(mask.shape)}",
+                        f"a shape that broadcasts to the images' {tuple(x0.shape)}, e.g. [H, W]") from None
