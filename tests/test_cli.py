@@ -101,7 +101,7 @@ def test_data_info_prints_counts_per_class(capsys):
 
 
 def test_cli_sampler_names_are_the_registry():
-    from tinydiffusion.cli.main import SAMPLER_NAMES
+    from tinydiffusion.vocab import SAMPLERS as SAMPLER_NAMES
     from tinydiffusion.core.samplers import SAMPLERS
 
     assert tuple(SAMPLERS) == SAMPLER_NAMES

@@ -10,7 +10,8 @@ from conftest import GaussianOracle, MixtureOracle, seeded_generators, wasserste
 from tinydiffusion.core import edit
 from tinydiffusion.errors import UsageError
 from tinydiffusion.core.samplers import SAMPLERS, grid
-from tinydiffusion.core.schedule import SPACINGS, Schedule
+from tinydiffusion.core.schedule import Schedule
+from tinydiffusion.vocab import SPACINGS
 
 
 def _noise(n, shape, start=0):

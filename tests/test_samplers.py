@@ -6,7 +6,8 @@ import torch
 from conftest import GaussianOracle, PointMassOracle, seeded_generators
 from tinydiffusion.errors import UsageError
 from tinydiffusion.core.samplers import SAMPLERS, ddim, ddpm
-from tinydiffusion.core.schedule import SPACINGS, Schedule
+from tinydiffusion.core.schedule import Schedule
+from tinydiffusion.vocab import SPACINGS
 
 
 def _x_T(shape, seed=0):

@@ -8,7 +8,8 @@ from reference import ddim_eq_12, ddpm_algorithm_2
 from tinydiffusion.errors import UsageError
 from tinydiffusion.core.guidance import cfg
 from tinydiffusion.core.samplers import SAMPLERS, ddim, ddpm, dpmpp_2m, euler
-from tinydiffusion.core.schedule import SPACINGS, Schedule
+from tinydiffusion.core.schedule import Schedule
+from tinydiffusion.vocab import SPACINGS
 
 
 def _x_T(shape, seed=0):

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinydiffusion.errors import UsageError
-from tinydiffusion.core.schedule import SPACINGS, Schedule
+from tinydiffusion.core.schedule import Schedule
+from tinydiffusion.vocab import SPACINGS
 
 
 def test_linear_matches_ddpm_paper_betas():

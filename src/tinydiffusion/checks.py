@@ -7,8 +7,7 @@ import math
 from typing import Any
 
 from .errors import bad_value
-
-MAX_SEED = 2**63 - 1  # torch generators take seeds in [0, 2**64); keep seed + n below that
+from .vocab import MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_SEED, UNGUIDED
 MEMORY_LIMIT_FRACTION = 0.5  # refuse work whose own tensors would need more than half of this machine's RAM
 
 
@@ -33,6 +32,19 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
             (high is not None and value > high):
         raise bad_value(name, value, what)
     return value
+
+
+def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``options`` (a vocabulary tuple of ``vocab.py``)."""
+    if not isinstance(value, str) or value not in options:  # isinstance first: a list is unhashable
+        raise bad_value(name, value, f"one of {', '.join(options)}")
+    return value
+
+
+def guidance(value: Any, name: str = "guidance") -> float:
+    """A classifier-free guidance scale in ``[0, MAX_GUIDANCE]``; ``UNGUIDED`` (1) is the conditional model itself."""
+    return finite(name, value, low=0, high=MAX_GUIDANCE,
+                  allowed=f"a number in [0, {MAX_GUIDANCE:g}] ({UNGUIDED:g} = no guidance, 2-5 typical)")
 
 
 def seed(name: str, value: Any, count: int = 1) -> int:
@@ -111,9 +123,6 @@ def disk(name: str, value: Any, nbytes: float, path: Any, what: str) -> None:
     if nbytes > free:
         raise bad_value(name, value, f"a size whose {what} fits on disk: it needs about {_gib(nbytes)}, "
                                      f"and {folder} has {_gib(free)} free")
-
-
-MAX_IMAGE_SIZE = 1024  # pixels per side: far above what these models train at (16-64), below what breaks RAM
 
 
 def image_size(name: str, value: Any, multiple_of: int = 1) -> int:

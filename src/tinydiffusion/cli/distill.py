@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..vocab import DISTILL_METHODS, PRECISIONS
 from .types import finite_float
 
 EXIT_INTERRUPTED = 130
@@ -18,7 +19,7 @@ def add_command(commands, given) -> None:
                                         "exported to OUT/model.")
     p.add_argument("teacher", help="a shipped model (sprites, emoji) or an exported model folder")
     p.add_argument("--out", default="runs/distill", help="distillation folder (default: runs/distill)")
-    p.add_argument("--method", choices=["progressive", "consistency"],
+    p.add_argument("--method", choices=DISTILL_METHODS,
                    help="progressive (default: halve the steps per stage, DDIM students) or consistency (one stage, "
                         "one student for every step count on the teacher's grid)")
     p.add_argument("--steps", type=int, help="the student's network evaluations per image (default 4)")
@@ -35,7 +36,7 @@ def add_command(commands, given) -> None:
     p.add_argument("--ema-decay", type=finite_float, help="EMA decay of the exported student (default 0.995)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts teacher and student (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts teacher and student (default fp32)")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
                    help="continue the distillation in --out where it stopped")
     p.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start anew")

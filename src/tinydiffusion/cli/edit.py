@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..vocab import DETERMINISTIC_SAMPLERS, PRECISIONS, SAMPLERS, SPACINGS, VARIANCES
 from .types import finite_float
-from ..store.modelfile import SAMPLER_NAMES
 
 
 def add_commands(commands, given) -> None:
@@ -30,13 +30,13 @@ def add_commands(commands, given) -> None:
     p.add_argument("--strength", type=finite_float,
                    help="in (0, 1]: the share of the sampler's steps run again from the noised input; 1 ignores "
                         "the input (default 0.6; with --mask 1)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the model card's (e.g. dpmpp_2m); inpainting "
+    p.add_argument("--sampler", choices=SAMPLERS, help="default: the model card's (e.g. dpmpp_2m); inpainting "
                                                             "takes ddpm only")
     p.add_argument("--steps", type=int, help="steps of the whole grid, of which --strength runs the tail (default: "
                                              "the model card's; inpainting 50)")
     p.add_argument("--eta", type=finite_float, help="ddim noise, 0 (default) to 1")
-    p.add_argument("--variance", choices=["large", "small"], help="ddpm/inpainting noise level (default large)")
-    p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
+    p.add_argument("--variance", choices=VARIANCES, help="ddpm/inpainting noise level (default large)")
+    p.add_argument("--spacing", choices=SPACINGS, help="time grid (default trailing)")
     _guidance(p)
     p.add_argument("--resample", type=int, help="inpainting: RePaint's resampling r, each jump back repeated r-1 "
                                                 "times (default 1: none; 5-10 harmonise better, at more cost)")
@@ -60,10 +60,10 @@ def add_commands(commands, given) -> None:
     p.add_argument("--frames", type=int, help="frames, both ends included (default 9)")
     p.add_argument("--context", "--prompt", dest="context", help="class, mixture or prompt (default: unconditional)")
     p.add_argument("--context-to", "--prompt-to", dest="context_to", help="move the context to this one as well")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp_2m", "euler"], help="deterministic sampler (default: the "
+    p.add_argument("--sampler", choices=DETERMINISTIC_SAMPLERS, help="deterministic sampler (default: the "
                                                                           "model card's)")
     p.add_argument("--steps", type=int, help="steps (default: the model card's)")
-    p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
+    p.add_argument("--spacing", choices=SPACINGS, help="time grid (default trailing)")
     _guidance(p)
     p.add_argument("--out", help="a .png strip (default interpolate.png), an .npz or a folder")
     p.add_argument("--gif", help="also write the frames as an animation to this .gif")
@@ -80,7 +80,7 @@ def _guidance(p: argparse.ArgumentParser) -> None:
 def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts the network (default fp32)")
 
 
 def _edit(args, given) -> int:

@@ -10,8 +10,8 @@ import os
 import sys
 from dataclasses import fields
 from typing import Any, Sequence
+from ..vocab import CONTEXT_KINDS, PRECISIONS, PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
 
-from ..store.modelfile import SAMPLER_NAMES  # a standard-library-only module: --help stays torch-free
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -85,7 +85,7 @@ def _add_train(commands) -> None:
     g.add_argument("--labels", help="the course's one-hot labels .npy (N×K) for an images .npy")
     g.add_argument("--class-names", type=_names, help="comma-separated class names for --labels columns")
     g.add_argument("--skip-bad-files", action="store_true", default=None, help="skip and count unreadable images")
-    g.add_argument("--context", choices=["class", "text", "vector", "none"],
+    g.add_argument("--context", choices=CONTEXT_KINDS,
                    help="condition on class labels (default), caption embeddings (text), vectors from "
                         "--context-file, or nothing")
     g.add_argument("--encoder", help="text encoder for --context text: minilm (default; needs the 'text' extra) "
@@ -97,9 +97,9 @@ def _add_train(commands) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="preset: tiny, small (default), base (GPU) or course")
     g.add_argument("--image-size", type=int, help="training resolution in pixels (default 16)")
-    g.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="noise schedule (default linear)")
     g.add_argument("--T", type=int, dest="T", help="diffusion steps (default 500)")
-    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default v)")
+    g.add_argument("--prediction", choices=PREDICTIONS, help="network target (default v)")
     g.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=None,
                    help="rescale the schedule so its last step is pure noise (default: on for v and x0, "
                         "off for eps, which cannot use it)")
@@ -127,7 +127,7 @@ def _add_train(commands) -> None:
     g.add_argument("--log-every", type=int, help="metrics.csv row every N steps (default 25)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network (default fp32)")
+    g.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts the network (default fp32)")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(handler=_train)
 
@@ -161,23 +161,23 @@ def _add_sample(commands) -> None:
     p = commands.add_parser("sample", help="sample a trained model",
                             description="Sample a model folder. By default one row per class, --n images each.")
     p.add_argument("model", help="a shipped model (sprites, emoji) or an exported model folder (e.g. runs/train/model)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="ddpm, ddim, dpmpp_2m, euler or consistency (default: the model "
+    p.add_argument("--sampler", choices=SAMPLERS, help="ddpm, ddim, dpmpp_2m, euler or consistency (default: the model "
                                                             "card's recommendation, e.g. dpmpp_2m for the shipped models)")
     p.add_argument("--steps", type=int, help="network evaluations (default: the model card's with its sampler; "
                                              "else all T for ddpm, 50 for ddim and "
                                              "euler, 20 for dpmpp_2m)")
     p.add_argument("--eta", type=finite_float, help="ddim noise, 0 (deterministic, default) to 1")
-    p.add_argument("--variance", choices=["large", "small"], help="ddpm noise level: beta_t (large) or beta~_t")
+    p.add_argument("--variance", choices=VARIANCES, help="ddpm noise level: beta_t (large) or beta~_t")
     p.add_argument("--no-extra-noise", dest="extra_noise", action="store_false", default=None,
                    help="ddpm without the added noise (shows the collapse to the data average)")
-    p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], help="time grid (default trailing)")
+    p.add_argument("--spacing", choices=SPACINGS, help="time grid (default trailing)")
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (1 = none; 2–5 typical; default: "
                                                              "the model card's)")
     p.add_argument("--guidance-rescale", type=finite_float, help="guidance rescale phi in [0, 1] (default 0)")
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
-    p.add_argument("--prediction", choices=["eps", "x0", "v"],
+    p.add_argument("--prediction", choices=PREDICTIONS,
                    help="refuse the model unless it was trained for this target")
-    p.add_argument("--schedule", choices=["linear", "cosine"],
+    p.add_argument("--schedule", choices=SCHEDULES,
                    help="refuse the model unless it was trained with this schedule")
     p.add_argument("--context", dest="contexts", action="append",
                    help="class name or mixture ('hero', 'hero=1,item=0.6', 'monster+spell', 'none'); "
@@ -193,7 +193,7 @@ def _add_sample(commands) -> None:
     p.add_argument("--gif", help="also write the denoising animation to this .gif")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts the network (default fp32)")
     p.set_defaults(handler=_sample)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..vocab import PRECISIONS
 from .types import finite_float
 
 
@@ -75,7 +76,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocasts the network while sampling "
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts the network while sampling "
                                                                "(default fp32)")
 
 

@@ -10,7 +10,7 @@ import torch
 from .spec import ContextSpec
 from ..data.sources import Dataset, npy_header, read_array
 from ..errors import UsageError, bad_value
-from ..store.modelfile import MAX_WIDTH
+from ..vocab import MAX_WIDTH
 
 
 def dataset_contexts(dataset: Dataset, kind: str, *, data: str, encoder: str = "minilm", context_file: str | None = None,

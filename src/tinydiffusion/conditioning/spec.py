@@ -14,8 +14,11 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import UsageError, bad_value
+from ..store.modelfile import CONTEXT
+from ..store.schema import class_name, validate
+from ..vocab import CONTEXT_KINDS, NULL_WORDS
+from .text import get_encoder, resolve_encoder
 
-KINDS = ("none", "class", "text", "vector")
 _TERM = re.compile(r"^\s*([^=]+?)\s*(?:=\s*(\S+)\s*)?$")
 
 
@@ -29,8 +32,8 @@ class ContextSpec:
     encoder: str | None = None  # the text encoder of "text" contexts (e.g. all-MiniLM-L6-v2)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise bad_value("context kind", self.kind, f"one of {', '.join(KINDS)}")
+        if self.kind not in CONTEXT_KINDS:
+            raise bad_value("context kind", self.kind, f"one of {', '.join(CONTEXT_KINDS)}")
         if self.kind == "class" and self.width != len(self.names):
             raise UsageError(f"class context width {self.width} does not match its {len(self.names)} names")
         if self.kind == "none" and self.width != 0:
@@ -38,15 +41,11 @@ class ContextSpec:
 
     @staticmethod
     def text(encoder: str) -> "ContextSpec":
-        from .text import resolve_encoder
-
         name, width = resolve_encoder(encoder)
         return ContextSpec("text", width, (), name)
 
     @staticmethod
     def classes(names: Sequence[str]) -> "ContextSpec":
-        from ..store.modelfile import class_name
-
         names = tuple(str(n) for n in names)
         if len(set(names)) != len(names) or not names:
             raise bad_value("class names", list(names), "a non-empty list of distinct names")
@@ -61,8 +60,6 @@ class ContextSpec:
     def from_dict(d: dict[str, Any]) -> "ContextSpec":
         """From the ``context`` section of a ``config.json``: typed by ``modelfile.CONTEXT``, then what the
         kinds need (class: one name per column; text: a known encoder of this width; vector: a width)."""
-        from ..store.modelfile import CONTEXT, validate
-
         d = validate(d, CONTEXT, "context")
         spec = ContextSpec(d["kind"], d["width"], tuple(d.get("names") or ()), d.get("encoder"))
         if spec.kind != "class" and spec.names:
@@ -72,8 +69,6 @@ class ContextSpec:
         if spec.kind == "vector" and spec.width < 1:
             raise bad_value("context.width", spec.width, "at least 1 for a vector context")
         if spec.kind == "text":
-            from .text import resolve_encoder
-
             if not spec.encoder:
                 raise bad_value("context.encoder", spec.encoder, "the text encoder's name for a text context")
             name, width = resolve_encoder(spec.encoder)
@@ -90,7 +85,7 @@ class ContextSpec:
         Terms are separated by ``,`` or ``+``; a term is a class name with an optional ``=weight``
         (default 1), as in the course's mixtures. ``none`` (or an empty string) is the null context.
         """
-        if text.strip().lower() in ("", "none", "null", "uncond", "unconditional"):
+        if text.strip().lower() in NULL_WORDS:
             return torch.zeros(self.width)
         if self.kind == "text":
             return self.encode([text])[0]
@@ -118,14 +113,12 @@ class ContextSpec:
         """Stack ``parse`` over several texts: ``[N, D]``."""
         if self.kind == "text" and texts:  # one batched call to the encoder
             rows = self.encode([t for t in texts])
-            null = [t.strip().lower() in ("", "none", "null", "uncond", "unconditional") for t in texts]
+            null = [t.strip().lower() in NULL_WORDS for t in texts]
             return torch.where(torch.tensor(null)[:, None], torch.zeros_like(rows), rows)
         return torch.stack([self.parse(t) for t in texts]) if texts else torch.zeros(0, self.width)
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Prompts to ``[N, D]`` unit vectors with this spec's text encoder (loaded lazily)."""
-        from .text import get_encoder
-
         if self.kind != "text" or not self.encoder:
             raise bad_value("prompt", list(prompts)[:1], f"a class name or mixture: this model's context is {self.kind!r}")
         return get_encoder(self.encoder).encode(list(prompts)).float()

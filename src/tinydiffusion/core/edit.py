@@ -26,6 +26,7 @@ import torch
 
 from .. import checks
 from ..errors import bad_value
+from ..vocab import VARIANCES
 from .samplers import SAMPLERS, Callback, Generator, grid, noise_like, posterior, predict
 from .schedule import Schedule
 
@@ -94,7 +95,7 @@ def inpaint(model, schedule: Schedule, x0: torch.Tensor, mask: torch.Tensor, con
     """RePaint (Lugmayr et al. 2022, Alg. 1) over DDPM ancestral steps on the ``steps``-step grid (default:
     all ``T``): ``mask`` (broadcastable to ``x0``; true or 1 = keep, 0 = generate) keeps the input's pixels,
     bit for bit in the result. ``strength < 1`` starts from the noised input as in ``img2img``."""
-    if variance not in ("large", "small"):
+    if variance not in VARIANCES:
         raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
     check_resampling(jump_length, resample)
     keep = _keep_mask(mask, x0)  # bool [B, C, H, W]

@@ -7,18 +7,17 @@ affine, so it is the same whether the network predicts eps, x0 or v.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
+from .. import checks
 from ..errors import bad_value
 
 
 def cfg(model, scale: float, rescale: float = 0.0):
     """Guided model. ``scale = 1`` is exactly the conditional model, ``scale = 0`` exactly the
     unconditional one; ``rescale = phi`` applies guidance rescale (Lin et al. 2023, eqs. 15–16)."""
-    if not math.isfinite(scale) or scale < 0:
-        raise bad_value("guidance", scale, "a finite number >= 0 (1 = no guidance, 3–7 typical)")
+    scale = checks.guidance(scale)
     if not 0.0 <= rescale <= 1.0:
         raise bad_value("guidance_rescale", rescale, "a number from 0 (off) to 1")
 

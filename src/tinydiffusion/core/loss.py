@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import bad_value
+from ..vocab import PREDICTIONS
 from .schedule import Schedule
-
-PREDICTIONS = ("eps", "x0", "v")
 
 
 def diffusion_loss(model, schedule: Schedule, x0: torch.Tensor, context: torch.Tensor | None = None, *,

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import UsageError, bad_value
+from ..vocab import VARIANCES, default_steps as steps_when_none
 from .schedule import Schedule
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -35,7 +36,7 @@ def ddpm(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
     ``variance="large"`` uses ``sigma² = beta_t``, ``"small"`` the posterior's ``beta~_t`` (eq. 7).
     ``extra_noise=False`` drops the added noise: samples then collapse toward the data average.
     """
-    if variance not in ("large", "small"):
+    if variance not in VARIANCES:
         raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
     x = x_T
     for i, (t, t_prev) in enumerate(time_pairs(schedule, steps, spacing, default_steps("ddpm", schedule), start)):
@@ -150,15 +151,9 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, 
                                                     "consistency": consistency}
 
 
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50,
-                                        "consistency": 4}  # None: all T
-
-
-# ---------------------------------------------------------------------- shared helpers
 def default_steps(name: str, schedule: Schedule) -> int:
-    """The steps sampler ``name`` takes when given ``steps=None`` (never more than ``T``)."""
-    n = DEFAULT_STEPS[name]
-    return schedule.T if n is None else min(n, schedule.T)
+    """The steps sampler ``name`` takes when given ``steps=None`` (``vocab.DEFAULT_STEPS``, never more than ``T``)."""
+    return steps_when_none(name, schedule.T)
 
 
 def grid(name: str, schedule: Schedule, steps: int | None = None, spacing: str = "trailing") -> list[int]:

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from ..errors import UsageError, bad_value
-
-SPACINGS = ("trailing", "leading", "linspace")
+from ..store.modelfile import SCHEDULE
+from ..store.schema import validate
+from ..vocab import SPACINGS
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,8 +57,6 @@ class Schedule:
         """From the ``schedule`` section of a ``config.json``: typed and ranged by ``modelfile.SCHEDULE``,
         only the settings of its kind, and a result that is a schedule (``alpha_bar`` finite, in
         ``[0, 1]``, strictly decreasing from above 0) or a refusal naming what is wrong."""
-        from ..store.modelfile import SCHEDULE, validate
-
         d = validate(d, SCHEDULE, "schedule")
         kind = d.pop("kind")
         zero_terminal = d.pop("zero_terminal_snr", False)

@@ -6,8 +6,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import bad_value
-
-ARCHS = ("unet", "course")
+from ..store.modelfile import MODEL
+from ..store.schema import validate
+from ..vocab import ARCHS
+from .course import CourseUNet
+from .unet import UNet
 
 # Sized for a 2-core CPU (tiny, small) and for a GPU (base). The measured parameter counts and
 # images/s are in the README's "Models" table.
@@ -53,8 +56,6 @@ class ModelConfig:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelConfig":
         """From the ``model`` section of a ``config.json``: typed and ranged by ``modelfile.MODEL`` first."""
-        from ..store.modelfile import MODEL, validate
-
         d = validate(d, MODEL, "model")
         for key in ("mults", "attention"):
             if key in d:
@@ -70,13 +71,9 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 def build_model(config: ModelConfig):
-    """An ``nn.Module`` from its config (imports torch lazily)."""
+    """An ``nn.Module`` from its config."""
     if config.arch == "course":
-        from .course import CourseUNet
-
         return CourseUNet(config.image_size, config.channels, config.context_width, config.base, config.T)
-    from .unet import UNet
-
     return UNet(config.image_size, config.channels, config.context_width, config.base, config.mults,
                 config.blocks, config.attention, config.dropout)
 

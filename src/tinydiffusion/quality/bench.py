@@ -20,6 +20,7 @@ from ..core.loss import diffusion_loss
 from ..models import build_model, count_parameters, preset
 from ..core.samplers import SAMPLERS
 from ..core.schedule import Schedule
+from ..vocab import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class BenchConfig:
     image_size: int = 16
     batch_size: int = 64
     eval_batches: tuple[int, ...] = (1, 16, 64)
-    precisions: tuple[str, ...] = ("fp32", "bf16")
+    precisions: tuple[str, ...] = PRECISIONS
     seconds: float = 3.0  # per measurement
     device: str = "auto"
     compile: bool = False
@@ -46,8 +47,10 @@ class BenchConfig:
             raise bad_value("eval_batches", self.eval_batches, "at least one batch size")
         for b in self.eval_batches:
             checks.integer("eval_batches", b, low=1, allowed="positive batch sizes such as 1,16,64")
-        if not self.precisions or any(p not in ("fp32", "bf16") for p in self.precisions):
-            raise bad_value("precisions", self.precisions, "a non-empty tuple of 'fp32' and 'bf16'")
+        if isinstance(self.precisions, str) or not self.precisions:
+            raise bad_value("precisions", self.precisions, f"a non-empty tuple of {' and '.join(PRECISIONS)}")
+        for p in self.precisions:
+            checks.choice("precisions", p, PRECISIONS)
         checks.finite("seconds", self.seconds, low=0, high=3600, low_open=True,
                       allowed="a finite number of seconds in (0, 3600] per measurement")
         if self.out:  # "" or None: no report file

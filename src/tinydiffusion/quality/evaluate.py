@@ -26,6 +26,7 @@ from ..errors import UsageError, bad_value
 from .featurenet import Evaluator, load_evaluator
 from ..store.files import atomic_write, write_json
 from ..store.pictures import grid, save_picture, to_uint8
+from ..vocab import PRECISIONS
 from ..sampling.pipeline import Pipeline, SamplePlan, get_sampler, load
 
 BOOTSTRAPS = 20
@@ -76,10 +77,9 @@ def check_sampling_settings(config) -> None:
                                allowed="an integer >= 2 (a covariance needs two samples per class)")
     checks.seed("seed", config.seed, per_class)
     if config.guidance is not None:  # None: the model card's
-        checks.finite("guidance", config.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
+        checks.guidance(config.guidance)
     checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
-    if config.precision not in ("fp32", "bf16"):
-        raise bad_value("precision", config.precision, "'fp32' or 'bf16'")
+    checks.choice("precision", config.precision, PRECISIONS)
     if not isinstance(config.device, str):
         raise bad_value("device", config.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
 

@@ -22,6 +22,7 @@ import torch
 from .. import checks
 from ..runtime import shard
 from ..runtime.dist import DistInfo
+from ..vocab import PRECISIONS, PREDICTIONS, SCHEDULES
 from ..errors import UsageError, bad_value
 from ..store.files import save_npz, write_text
 from ..store.pictures import grid_bytes, save_gif, save_grid, to_uint8
@@ -66,12 +67,11 @@ class SampleConfig:
         if self.steps is not None:
             checks.integer("steps", self.steps, low=1, allowed="a positive integer (at most the model's T)")
         if self.guidance is not None:
-            checks.finite("guidance", self.guidance, low=0, allowed="a finite number >= 0 (1 = no guidance, 2–5 typical)")
+            checks.guidance(self.guidance)
         checks.finite("guidance_rescale", self.guidance_rescale, low=0, high=1)
-        for key, allowed in (("prediction", ("eps", "x0", "v")), ("schedule", ("linear", "cosine")),
-                             ("precision", ("fp32", "bf16"))):
-            if getattr(self, key) is not None and getattr(self, key) not in allowed:
-                raise bad_value(key, getattr(self, key), f"one of {', '.join(allowed)}")
+        for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, key) is not None:
+                checks.choice(key, getattr(self, key), allowed)
         if not isinstance(self.contexts, tuple) or not all(isinstance(c, str) for c in self.contexts):
             raise bad_value("contexts", self.contexts, "a tuple of class names, mixtures or prompts")
         for w in self.mix:

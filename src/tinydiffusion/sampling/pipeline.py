@@ -20,6 +20,7 @@ from ..core.guidance import cfg
 from ..models import ModelConfig, build_model
 from ..core.samplers import SAMPLERS
 from ..core.schedule import Schedule
+from ..vocab import PRECISIONS, SPACINGS, VARIANCES
 
 ContextLike = None | str | Sequence[str] | torch.Tensor
 
@@ -129,10 +130,9 @@ class Pipeline:
                 raise bad_value("seeds", seeds, "a non-empty sequence of integer seeds")
             seeds = [checks.seed(f"seeds[{i}]", _as_int(s)) for i, s in enumerate(seeds)]
         batch_size = checks.integer("batch_size", _as_int(batch_size), low=1)
-        guidance = checks.finite("guidance", guidance, low=0, allowed="a finite number >= 0 (1 = no guidance)")
+        guidance = checks.guidance(guidance)
         guidance_rescale = checks.finite("guidance_rescale", guidance_rescale, low=0, high=1)
-        if precision not in ("fp32", "bf16"):
-            raise bad_value("precision", precision, "'fp32' or 'bf16'")
+        checks.choice("precision", precision, PRECISIONS)
         fn = get_sampler(sampler, options)
         if steps is not None:
             self.schedule.timesteps(_as_int(steps), options.get("spacing", "trailing"))  # 1 <= steps <= T
@@ -291,7 +291,7 @@ def _as_int(value: Any) -> Any:
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
-_OPTION_CHOICES = {"variance": ("large", "small"), "spacing": ("trailing", "leading", "linspace")}
+_OPTION_CHOICES = {"variance": VARIANCES, "spacing": SPACINGS}
 
 
 def get_sampler(name: str, options: dict[str, Any]) -> Callable:

@@ -5,8 +5,8 @@ of ``field: (required, check)``. A check returns the value or raises ``UsageErro
 the value and what is allowed; ``check_config`` prefixes the file's name. The JSON itself is read
 strictly: ``NaN``/``Infinity`` (which Python's ``json`` accepts), numbers that overflow to infinity
 and duplicate keys are refused, so what passes is exactly what the tables say.
-The ``from_dict`` of ``ModelConfig``, ``Schedule`` and ``ContextSpec`` validate their section here
-too, so library callers get the same checks as files.
+The ``from_dict`` of ``ModelConfig``, ``Schedule`` and ``ContextSpec`` validate their section with these
+tables too, so library callers get the same checks as files. The checks themselves are ``schema.py``'s.
 """
 
 from __future__ import annotations
@@ -14,166 +14,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..checks import MAX_IMAGE_SIZE, finite, integer
 from ..errors import UsageError, bad_value
+from ..vocab import (ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES, MAX_T, MAX_WIDTH, PREDICTIONS,
+                     SAMPLERS, SCHEDULES)
+from .schema import (Section, any_object, class_name, example, exactly, flag, list_of, mapping_of,
+                     maybe, number, one_of, section, shown, text, validate, whole, kind_of)
 
 MODEL_FORMAT, EVALUATOR_FORMAT = "tinydiffusion-model", "tinydiffusion-evaluator"
 MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB; a bigger file is not a config
-MAX_T = 100_000  # diffusion steps: 1000 is usual, 4000 rare
-MAX_WIDTH = 16_384  # context vector width (text encoders: 384 to 4096)
-MAX_NAMES = 10_000  # class names
-NULL_WORDS = ("", "none", "null", "uncond", "unconditional")  # what ContextSpec.parse reads as "no context"
-NAME_SEPARATORS = (",", "+", "=")  # what ContextSpec.parse splits mixtures on
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler", "consistency")  # the keys of samplers.SAMPLERS (a test keeps them equal)
-
-Check = Callable[[str, Any], Any]
-Section = dict[str, tuple[bool, Check]]  # field -> (required, check)
-
-
-# ---------------------------------------------------------------------- checks
-def whole(low: int, high: int, multiple_of: int = 1) -> Check:
-    """An integer (not a bool, not ``16.0``, not ``"16"``) in ``low..high``."""
-    allowed = f"an integer in {low}..{high}" + (f" that is a multiple of {multiple_of}" if multiple_of > 1 else "")
-
-    def check(name: str, value: Any) -> int:
-        value = integer(name, value, low=low, high=high, allowed=allowed)
-        if value % multiple_of:
-            raise bad_value(name, value, allowed)
-        return value
-    return check
-
-
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-           high_open: bool = False) -> Check:
-    """A finite JSON number in the range (ints are numbers too)."""
-    allowed = f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}" \
-        if low is not None and high is not None else None
-
-    def check(name: str, value: Any) -> float:
-        v = finite(name, value, low=low, high=high, low_open=low_open, allowed=allowed)
-        if high_open and v >= high:
-            raise bad_value(name, value, allowed)
-        return v
-    return check
-
-
-def flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise bad_value(name, value, "true or false")
-    return value
-
-
-def text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 1000:
-        raise bad_value(name, value, "a string (at most 1000 characters)")
-    return value
-
-
-def one_of(*options: str) -> Check:
-    def check(name: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in options:  # isinstance first: a list is unhashable
-            raise bad_value(name, value, f"one of {', '.join(map(repr, options))}")
-        return value
-    return check
-
-
-def exactly(expected: Any, allowed: str) -> Check:
-    def check(name: str, value: Any) -> Any:
-        if type(value) is not type(expected) or value != expected:  # 3.0 and True are not 3
-            raise bad_value(name, value, allowed)
-        return value
-    return check
-
-
-def maybe(inner: Check) -> Check:
-    """``null`` or what ``inner`` allows."""
-    return lambda name, value: None if value is None else inner(name, value)
-
-
-def list_of(item: Check, low: int = 0, high: int = 64, *, distinct: bool = False) -> Check:
-    def check(name: str, value: Any) -> list:
-        if not isinstance(value, (list, tuple)) or not low <= len(value) <= high:  # tuples: from Python callers
-            raise bad_value(name, value if not isinstance(value, (list, tuple)) else f"a list of {len(value)}",
-                            f"a JSON list of {low} to {high} items")
-        out = [item(f"{name}[{i}]", v) for i, v in enumerate(value)]
-        if distinct and len(set(map(repr, out))) != len(out):
-            raise bad_value(name, value, "distinct items")
-        return out
-    return check
-
-
-def class_name(name: str, value: Any) -> str:
-    """A class name that ``--context`` can address: not empty, no ``, + =``, not a word meaning "none"."""
-    allowed = (f"a class name that --context can address: a non-empty string without surrounding spaces, "
-               f"without {' '.join(NAME_SEPARATORS)} (mixture syntax), and not one of {', '.join(NULL_WORDS[1:])}")
-    if not isinstance(value, str) or value != value.strip() or value.lower() in NULL_WORDS or \
-            any(s in value for s in NAME_SEPARATORS) or len(value) > 200:
-        raise bad_value(name, value, allowed)
-    return value
-
-
-def any_object(name: str, value: Any) -> dict:
-    """A JSON object whose contents are free (e.g. the training settings kept for the record)."""
-    if not isinstance(value, dict):
-        raise bad_value(name, value, "a JSON object")
-    return value
-
-
-def mapping_of(item: Check) -> Check:
-    def check(name: str, value: Any) -> dict:
-        return {k: item(f"{name}.{k}", v) for k, v in any_object(name, value).items()}
-    return check
-
-
-def section(fields: Section) -> Check:
-    """A nested JSON object with exactly these fields (the required ones present, no others)."""
-    return lambda name, value: validate(value, fields, name)
-
-
-def example(name: str, value: Any) -> Any:
-    """A grid row of a model card: a class name, or ``[image index, caption]``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return [whole(0, 2**53)(f"{name}[0]", value[0]), text(f"{name}[1]", value[1])]
-    raise bad_value(name, value, "a class name or an [image index, caption] pair")
-
-
-def validate(d: Any, fields: Section, where: str) -> dict[str, Any]:
-    """``d`` checked against ``fields``: a dict with every required field, no unknown one, each value valid."""
-    label = f"the {where} section" if where else "the file"
-    if not isinstance(d, dict):
-        raise UsageError(f"{label} is {_kind(d)}{_shown(d)}; expected a JSON object with the fields "
-                         f"{', '.join(fields)}")
-    unknown = [k for k in d if k not in fields]
-    if unknown:
-        raise UsageError(f"{label} has unknown field{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(map(repr, unknown))}; allowed: {', '.join(fields)}")
-    missing = [k for k, (required, _) in fields.items() if required and k not in d]
-    if missing:
-        raise UsageError(f"{label} lacks the required field{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(map(repr, missing))}")
-    return {k: fields[k][1](f"{where}.{k}" if where else k, v) for k, v in d.items()}
-
-
-def _shown(value: Any) -> str:
-    """`` (value)`` after a kind such as "a list", unless the kind says it all (null)."""
-    return "" if value is None else f" ({_short(value)})"
-
-
-def _short(value: Any) -> str:
-    text_ = json.dumps(value, default=repr) if not isinstance(value, float) else repr(value)
-    return text_ if len(text_) <= 60 else text_[:57] + "..."
 
 
 # ---------------------------------------------------------------------- the tables
-# ``models.ARCHS`` and ``context.KINDS`` (a test keeps them equal; this module imports no torch)
-ARCHS = ("unet", "course")
-KINDS = ("none", "class", "text", "vector")
-PREDICTIONS = ("eps", "x0", "v")
-
 MODEL: Section = {
     "arch": (True, one_of(*ARCHS)),
     "image_size": (True, whole(4, MAX_IMAGE_SIZE)),
@@ -187,7 +40,7 @@ MODEL: Section = {
     "T": (False, whole(1, MAX_T)),
 }
 SCHEDULE: Section = {
-    "kind": (True, one_of("linear", "cosine")),
+    "kind": (True, one_of(*SCHEDULES)),
     "T": (True, whole(1, MAX_T)),
     "beta_start": (False, number(0, 1, low_open=True, high_open=True)),
     "beta_end": (False, number(0, 1, low_open=True, high_open=True)),
@@ -195,23 +48,23 @@ SCHEDULE: Section = {
     "zero_terminal_snr": (False, flag),
 }
 CONTEXT: Section = {
-    "kind": (True, one_of(*KINDS)),
+    "kind": (True, one_of(*CONTEXT_KINDS)),
     "width": (True, whole(0, MAX_WIDTH)),
     "names": (False, list_of(class_name, 0, MAX_NAMES, distinct=True)),
     "encoder": (False, maybe(text)),
 }
 RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pipeline.sample and the studio use
-    "sampler": (True, one_of(*SAMPLER_NAMES)),
+    "sampler": (True, one_of(*SAMPLERS)),
     "steps": (True, whole(1, MAX_T)),
-    "guidance": (True, number(0, 100)),
+    "guidance": (True, number(0, MAX_GUIDANCE)),
 }
 DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled for, which sample enforces
-    "method": (True, one_of("progressive", "consistency")),
-    "sampler": (True, one_of(*SAMPLER_NAMES)),
+    "method": (True, one_of(*DISTILL_METHODS)),
+    "sampler": (True, one_of(*SAMPLERS)),
     "steps": (True, list_of(whole(1, MAX_T), 1, 64, distinct=True)),
-    "guidance": (True, number(0, 100)),
+    "guidance": (True, number(0, MAX_GUIDANCE)),
     "teacher": (False, text),
-    "teacher_sampler": (False, one_of(*SAMPLER_NAMES)),
+    "teacher_sampler": (False, one_of(*SAMPLERS)),
     "teacher_steps": (False, whole(1, MAX_T)),
 }
 TOP: Section = {
@@ -259,7 +112,7 @@ def read_json(file: Path, what: str = "model config") -> dict[str, Any]:
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UsageError(f"{what} {file} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
-        raise UsageError(f"{what} {file} holds {_kind(config)}{_shown(config)}; expected a JSON object")
+        raise UsageError(f"{what} {file} holds {kind_of(config)}{shown(config)}; expected a JSON object")
     return config
 
 
@@ -298,10 +151,6 @@ def _consistent(config: dict[str, Any]) -> None:
                              f"{distilled['steps']}, guidance {distilled['guidance']}); expected settings it was "
                              f"distilled for")
 
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else {list: "a list", str: "a string", bool: "a boolean", int: "a number",
-                                         float: "a number"}.get(type(value), type(value).__name__)
 
 
 def _refuse_constant(name: str) -> float:

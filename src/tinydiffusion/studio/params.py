@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .. import checks
 from ..errors import UsageError, bad_value
+from ..vocab import SAMPLERS, default_steps
 
 MAX_IMAGES = 64  # images in one request, all rows together
 MAX_ROWS = 8  # context rows (a list of contexts)
@@ -22,9 +23,6 @@ MAX_PROMPT = 200  # characters of one context string or prompt
 MAX_SETTINGS = 4  # compare: 2..4 settings
 DEFAULT_N = 4
 KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n")
-# The samplers' own step counts when neither the request nor the model card gives one (samplers.py)
-SAMPLER_STEPS = {"ddpm": lambda T: T, "ddim": lambda T: min(50, T), "euler": lambda T: min(50, T),
-                 "dpmpp_2m": lambda T: min(20, T), "consistency": lambda T: min(4, T)}
 _INT = re.compile(r"[+-]?\d{1,25}")
 
 
@@ -86,8 +84,7 @@ def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str,
         p = replace(p, steps=checks.integer("steps", values["steps"], low=1,
                                             allowed="a positive integer (at most the model's T)"))
     if "guidance" in values:
-        p = replace(p, guidance=checks.finite("guidance", values["guidance"], low=0,
-                                              allowed="a finite number >= 0 (1 = no guidance, 2–5 typical)"))
+        p = replace(p, guidance=checks.guidance(values["guidance"]))
     if "guidance_rescale" in values:
         p = replace(p, guidance_rescale=checks.finite("guidance_rescale", values["guidance_rescale"], low=0, high=1))
     if "sampler" in values:
@@ -121,7 +118,7 @@ def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
         steps = card.get("steps") if steps is None else steps
     guidance = float(card.get("guidance", 1.0)) if p.guidance is None else p.guidance
     if steps is None:
-        steps = SAMPLER_STEPS[sampler](T) if sampler in SAMPLER_STEPS else None
+        steps = default_steps(sampler, T) if sampler in SAMPLERS else None
     return sampler, steps, guidance
 
 

@@ -7,12 +7,11 @@ from typing import Any
 
 from .. import checks
 from ..errors import UsageError, bad_value
-from ..core.loss import PREDICTIONS
+from ..vocab import CONTEXT_KINDS, MAX_IMAGE_SIZE, MAX_T, PRECISIONS, PREDICTIONS, SCHEDULES
 
 DEFAULT_MINUTES = 3.0
-CONTEXTS = ("class", "text", "vector", "none")
 BUDGET = ("steps", "epochs", "minutes")
-MAX_IMAGE_SIZE, MAX_T, MAX_BATCH, MAX_COUNT = 1024, 100_000, 65_536, 10**12
+MAX_BATCH, MAX_COUNT = 65_536, 10**12
 # settings a resumed run takes from the command line instead of its saved config
 RESUME_OVERRIDES = ("out", "device", "progress")
 
@@ -82,10 +81,9 @@ class TrainConfig:
             raise bad_value("ema_decay", self.ema_decay, "a number in [0, 1)")
         if self.snr_gamma is not None:
             checks.finite("snr_gamma", self.snr_gamma, low=0, low_open=True, allowed="a positive finite number")
-        for name, allowed in (("prediction", PREDICTIONS), ("context", CONTEXTS), ("schedule", ("linear", "cosine")),
-                              ("precision", ("fp32", "bf16"))):
-            if getattr(self, name) not in allowed:
-                raise bad_value(name, getattr(self, name), f"one of {', '.join(allowed)}")
+        for name, allowed in (("prediction", PREDICTIONS), ("context", CONTEXT_KINDS), ("schedule", SCHEDULES),
+                              ("precision", PRECISIONS)):
+            checks.choice(name, getattr(self, name), allowed)
         if (self.context == "vector") != (self.context_file is not None):
             raise bad_value("context_file", self.context_file, "an .npy file exactly when --context vector")
         if self.zero_terminal_snr and self.prediction == "eps":

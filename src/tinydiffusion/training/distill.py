@@ -40,8 +40,8 @@ from ..core.guidance import cfg
 from .objective import Objective
 from ..sampling.pipeline import Pipeline, load
 from .config import TrainConfig, recorded_config
+from ..vocab import DISTILL_METHODS, PRECISIONS
 
-METHODS = ("progressive", "consistency")
 SAMPLER_OF = {"progressive": "ddim", "consistency": "consistency"}
 RECORD = "distill.json"
 # settings a resumed distillation takes from this call rather than from its record
@@ -71,8 +71,7 @@ class DistillConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise bad_value("method", self.method, f"one of {', '.join(METHODS)}")
+        checks.choice("method", self.method, DISTILL_METHODS)
         checks.integer("steps", self.steps, low=1, high=4096)
         checks.integer("teacher_steps", self.teacher_steps, low=2, high=4096)
         if self.method == "progressive":
@@ -84,7 +83,7 @@ class DistillConfig:
             raise bad_value("steps", self.steps, f"at most --teacher-steps ({self.teacher_steps}): a consistency "
                             f"student samples on grids that lie on the teacher's")
         if self.guidance is not None:
-            checks.finite("guidance", self.guidance, low=0, high=100, allowed="a finite number in [0, 100]")
+            checks.guidance(self.guidance)
         if self.iterations is not None:
             checks.integer("iterations", self.iterations, low=1, high=10**9)
         if self.minutes is not None:
@@ -98,8 +97,7 @@ class DistillConfig:
         checks.finite("ema_decay", self.ema_decay, low=0, high=1, allowed="a number in [0, 1)")
         if self.ema_decay >= 1:
             raise bad_value("ema_decay", self.ema_decay, "a number in [0, 1)")
-        if self.precision not in ("fp32", "bf16"):
-            raise bad_value("precision", self.precision, "'fp32' or 'bf16'")
+        checks.choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.out, str) or not self.out.strip():
             raise bad_value("out", self.out, "a folder path for the distillation")
 
@@ -303,4 +301,4 @@ def _write_record(out: Path, update: dict, fresh: bool = False) -> None:
     write_json(out / RECORD, {**record, **update})
 
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "METHODS"]
+__all__ = ["DistillConfig", "DistillResult", "distill"]

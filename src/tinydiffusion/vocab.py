@@ -1,0 +1,44 @@
+"""Every named choice and limit of the package, written once and imported where it is needed.
+
+Standard library only and no imports of the package: the CLI builds ``--help`` from these without torch.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------- sampling
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "consistency")  # the keys of core.samplers.SAMPLERS
+DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp_2m", "euler")  # no noise on the way (interpolation needs one)
+# The steps a sampler takes when none are given; None: all T. The model card's recommendation comes first.
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50, "consistency": 4}
+SPACINGS = ("trailing", "leading", "linspace")  # time grids (core.schedule.Schedule.timesteps)
+VARIANCES = ("large", "small")  # DDPM's sigma²: beta_t or the posterior's beta~_t
+INPAINT_STEPS = 50  # RePaint's DDPM steps when none are given (a card's steps are tuned for its own sampler)
+IMG2IMG_STRENGTH = 0.6  # img2img's default strength (inpainting's is 1: the masked region from pure noise)
+UNGUIDED = 1.0  # the guidance scale that is no guidance: the conditional model itself
+MAX_GUIDANCE = 100.0  # far beyond any useful scale (2-7); above it samples are saturated noise
+
+
+def default_steps(sampler: str, T: int) -> int:
+    """The steps ``sampler`` takes when given none, never more than ``T``."""
+    n = DEFAULT_STEPS[sampler]
+    return T if n is None else min(n, T)
+
+
+# ---------------------------------------------------------------------- models and training
+PREDICTIONS = ("eps", "x0", "v")  # what a network outputs
+SCHEDULES = ("linear", "cosine")
+ARCHS = ("unet", "course")
+PRECISIONS = ("fp32", "bf16")  # bf16 autocasts the network
+DISTILL_METHODS = ("progressive", "consistency")
+
+# ---------------------------------------------------------------------- contexts
+CONTEXT_KINDS = ("none", "class", "text", "vector")
+NULL_WORDS = ("", "none", "null", "uncond", "unconditional")  # what a context string reads as "no context"
+NAME_SEPARATORS = (",", "+", "=")  # what mixtures split on, so no class name may hold them
+
+# ---------------------------------------------------------------------- limits
+MAX_T = 100_000  # diffusion steps: 1000 is usual, 4000 rare
+MAX_WIDTH = 16_384  # context vector width (text encoders: 384 to 4096)
+MAX_NAMES = 10_000  # class names
+MAX_IMAGE_SIZE = 1024  # pixels per side: far above what these models train at (16-64), below what breaks RAM
+MAX_SEED = 2**63 - 1  # torch generators take seeds in [0, 2**64); keep seed + n below that
