@@ -35,7 +35,7 @@ import numpy as np, torch
 mode, images_path, labels_path, packed, batches, batch = sys.argv[1:7]
 batches, batch = int(batches), int(batch)
 from tinydiffusion.data.batches import as_tensor, make_batch
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 t0 = time.perf_counter()
 if mode == "baseline":
     images = None

@@ -31,7 +31,7 @@ from tinydiffusion.core import edit
 from tinydiffusion import load
 from tinydiffusion.quality import metrics
 from tinydiffusion.data.batches import as_tensor, make_batch
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 from tinydiffusion.quality.evaluate import real_reference
 from tinydiffusion.quality.featurenet import load_evaluator, split
 from tinydiffusion.store.files import write_json

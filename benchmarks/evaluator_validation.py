@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from tinydiffusion.data.batches import as_tensor
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 from tinydiffusion.quality.featurenet import Ensemble, Evaluator, EvaluatorConfig, _train_member, holdout_accuracy, split
 
 

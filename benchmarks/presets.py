@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/presets.py [--size 16] [--seconds 10]
 
-Prints a Markdown table for the README's "Models" section.
+Prints a Markdown table for docs/models.md.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinydiffusion.data.batches import as_tensor
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 from tinydiffusion.quality.featurenet import holdout_accuracy, load_evaluator, split
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tinydiffusion" / "assets" / "evaluators"

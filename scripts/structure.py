@@ -3,7 +3,7 @@
     python scripts/structure.py          # the figures and every finding
     python scripts/structure.py --check  # exit 1 when a rule below is broken (the suite runs this too)
 
-Rules (DESIGN.md, "Layers and folders"):
+Rules (docs/architecture.md, "Layers and folders"):
 - the import graph of ``src/tinydiffusion`` (every import, those inside functions included; ``if TYPE_CHECKING:``
   blocks aside) has no cycle, and no module imports from a layer above its own (``LAYERS``, bottom first);
 - imports of the package inside functions only in ``cli/`` (``--help`` must not import torch);

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from tinydiffusion.studio.app import create_app
+from tinydiffusion.studio.web.app import create_app
 
 TINY = {"model": "tiny", "context": "square", "n": 2, "steps": 3, "sampler": "ddim"}
 

@@ -154,8 +154,8 @@ def test_a_failing_folder_run_leaves_the_old_folder(model, tmp_path, monkeypatch
             raise OSError(28, "No space left on device")
         return real(*args)
 
-    real = generate._write_pngs
-    monkeypatch.setattr(generate, "_write_pngs", broken)
+    real = generate.write_pngs
+    monkeypatch.setattr(generate, "write_pngs", broken)
     assert main(["sample", model, "--steps", "1", "--n", "2", "--batch-size", "2", "--out", str(out)]) == 2
     assert sorted(p.name for p in out.iterdir()) == before and _leftovers(tmp_path) == []
 
@@ -182,10 +182,10 @@ def test_a_folder_streams_what_an_npz_could_not_hold(model, tmp_path, monkeypatc
 def test_gif_frames_stay_bounded_whatever_the_steps():
     import torch
 
-    from tinydiffusion.sampling.generate import MAX_GIF_FRAMES, _Frames
+    from tinydiffusion.sampling.outputs import MAX_GIF_FRAMES, Frames
     from tinydiffusion.runtime.dist import DistInfo
 
-    frames = _Frames()
+    frames = Frames()
     for b in range(3):
         frames.batch = b
         for i in range(1000):

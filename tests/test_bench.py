@@ -7,7 +7,7 @@ import torch
 
 from tinydiffusion.quality.bench import BenchConfig, bench, flops_per_image, matmul_ceiling
 from tinydiffusion.cli.main import main
-from tinydiffusion.cli.bench import format_report
+from tinydiffusion.cli.quality import format_report
 from tinydiffusion.models import build_model, preset
 
 QUICK = BenchConfig(presets=("tiny", "course"), diffusers=False, image_size=8, batch_size=4, eval_batches=(1, 2),

@@ -5,7 +5,7 @@ from PIL import Image
 
 from conftest import shapes
 from tinydiffusion.data.batches import as_tensor, make_batch
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 from tinydiffusion.errors import UsageError
 
 
@@ -150,7 +150,7 @@ def test_palette_and_grey_transparency_composite_on_black():
 
 @pytest.mark.parametrize("size", [0, -3, 100000, 1025, "16", 16.0, True])
 def test_load_dataset_refuses_bad_sizes_before_loading(size, monkeypatch):
-    import tinydiffusion.data.sources as data
+    import tinydiffusion.data.load as data
 
     monkeypatch.setattr(data, "load_npz", lambda *a, **k: pytest.fail("loaded before checking the size"))
     with pytest.raises(UsageError, match="image_size"):

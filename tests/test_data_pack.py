@@ -9,8 +9,8 @@ from PIL import Image
 from conftest import shapes
 from tinydiffusion.cli.main import main
 from tinydiffusion.data.batches import as_tensor, batch_images, make_batch
-from tinydiffusion.data.sources import load_dataset
-from tinydiffusion.data.pack import pack_dataset, sidecar
+from tinydiffusion.data.load import load_dataset, sidecar
+from tinydiffusion.data.pack import pack_dataset
 from tinydiffusion.errors import UsageError
 
 

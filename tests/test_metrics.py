@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tinydiffusion.errors import UsageError
 from tinydiffusion.quality.metrics import (conditional_accuracy, frechet_distance, frechet_distance_from_stats,
-                                   gaussian_stats, kid, memorisation, nearest_pairs, precision_recall, spread)
+                                   gaussian_stats, kid, memorisation, nearest_pairs, precision_recall)
 
 F64 = torch.float64
 
@@ -343,11 +343,6 @@ def test_memorisation_ratio_spares_a_sample_in_a_crowd_and_keeps_a_copy():
 
 # ---------------------------------------------------------------- spread
 
-def test_spread():
-    assert spread([2.0, 4.0, 6.0]) == pytest.approx((4.0, 2.0))  # sample std (n - 1)
-    assert spread(torch.tensor([3.0])) == (3.0, 0.0)
-
-
 # ---------------------------------------------------------------- input validation
 
 @pytest.mark.parametrize("call, param", [
@@ -375,8 +370,6 @@ def test_spread():
     (lambda: memorisation(torch.zeros(3, 2), torch.zeros(5, 2), threshold=float("inf")), "threshold"),
     (lambda: nearest_pairs(memorisation(torch.zeros(3, 2), torch.zeros(5, 2), threshold=1.0), 4), "k"),
     (lambda: nearest_pairs({"share": 1.0}, 1), "result"),
-    (lambda: spread([]), "values"),
-    (lambda: spread(["a"]), "values"),
 ])
 def test_bad_input_names_the_parameter(call, param):
     with pytest.raises(UsageError, match=rf"^{param}[ =]") as info:

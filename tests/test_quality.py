@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import TINY_TRAIN
 from tinydiffusion.cli.main import main
 from tinydiffusion.data.batches import as_tensor, make_batch
-from tinydiffusion.data.sources import load_dataset
+from tinydiffusion.data.load import load_dataset
 from tinydiffusion.errors import UsageError
 from tinydiffusion.quality.featurenet import EvaluatorConfig, load_evaluator, split, train_evaluator
 

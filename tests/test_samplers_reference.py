@@ -175,18 +175,3 @@ def test_guidance_rescale_matches_the_conditional_std():
         cfg(model, -1.0)
     with pytest.raises(UsageError, match="guidance_rescale=2"):
         cfg(model, 2.0, rescale=2.0)
-
-
-@pytest.mark.slow
-def test_mixture_distances_table(capsys):
-    """Not an assertion: prints W1 to the mixture for each sampler and step count (quoted in the notes)."""
-    s, x_T = Schedule.linear(500), _x_T((4000, 1, 2, 2), seed=9)
-    rows = []
-    for sd in (0.3, 0.15):
-        model = _mixture(s, sd)
-        for name in ("ddpm", "ddim", "euler", "dpmpp_2m"):
-            dists = [wasserstein_1(SAMPLERS[name](model, s, x_T, steps=n, generator=torch.Generator().manual_seed(0)),
-                                   model.cdf) for n in (5, 10, 20, 50, 100)]
-            rows.append(f"s={sd:<5} {name:9s} " + " ".join(f"{d:.4f}" for d in dists))
-    with capsys.disabled():
-        print("\nW1 to the two-Gaussian mixture at 5/10/20/50/100 steps:\n" + "\n".join(rows))

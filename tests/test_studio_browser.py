@@ -84,7 +84,7 @@ def runs_dir(tmp_path_factory) -> Path:
 def server(runs_dir) -> str:
     """The real studio app on uvicorn, on a free port, serving only the models under ``runs_dir``."""
     import uvicorn
-    from tinydiffusion.studio.app import create_app
+    from tinydiffusion.studio.web.app import create_app
 
     app = create_app(runs=[str(runs_dir)], device="cpu", models={})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -23,7 +23,7 @@ CSTUDENT = "runs/cstudent"  # consistency: its sampler in 1, 2 or 4 steps
 @pytest.fixture(scope="module")
 def client(root):
     """The studio over ``root/runs``: the tiny teacher (``runs/tiny``) and two students of it."""
-    from tinydiffusion.studio.app import create_app
+    from tinydiffusion.studio.web.app import create_app
 
     teacher = root / "runs" / "tiny" / "model"
     make_student(teacher, root / "runs" / "student", "progressive", steps=2, teacher_steps=4)

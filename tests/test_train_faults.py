@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tinydiffusion.training.state as state_module
 import tinydiffusion.training.train as train_module
 from tinydiffusion.store.checkpoint import load_state
 from tinydiffusion.cli.main import main
@@ -180,7 +181,7 @@ def tiny_disk(tmp_path):
 def _train_then_break_the_disk(shapes_npz, out: Path, monkeypatch, capsys, break_disk) -> str:
     """Train 12 steps with a checkpoint every 4; ``break_disk()`` runs right after the first state is written.
     Returns the CLI's stderr, after checking it is one refusal (exit 2, no traceback) keeping step 4."""
-    real, saves = train_module.save_state, [0]
+    real, saves = state_module.save_state, [0]
 
     def save_then_break(path, state, kept=None):
         result = real(path, state, kept=kept)
@@ -189,14 +190,14 @@ def _train_then_break_the_disk(shapes_npz, out: Path, monkeypatch, capsys, break
             break_disk()
         return result
 
-    monkeypatch.setattr(train_module, "save_state", save_then_break)
+    monkeypatch.setattr(state_module, "save_state", save_then_break)
     code = main(["train", "--data", str(shapes_npz), "--out", str(out), "--model", "tiny", "--image-size", "8", "--T",
                  "50", "--steps", "12", "--checkpoint-every", "4", "--sample-every", "1000", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert "the previous state at step 4 is intact" in err
     assert load_state(out / "state.pt")["step"] == 4
-    monkeypatch.setattr(train_module, "save_state", real)
+    monkeypatch.setattr(state_module, "save_state", real)
     return err
 
 

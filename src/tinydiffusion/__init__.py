@@ -17,9 +17,9 @@ _EXPORTS = {
     "ContextSpec": "conditioning.spec",
     "ModelConfig": "models", "build_model": "models", "preset": "models", "PRESETS": "models",
     "diffusion_loss": "core.loss",
-    "TrainConfig": "training.train", "TrainResult": "training.train",  # the function: tinydiffusion.train.train
+    "TrainConfig": "training.train", "TrainResult": "training.train",  # the function: tinydiffusion.training.train.train
     "SampleConfig": "sampling.generate", "sample_to_files": "sampling.generate",
-    "load_dataset": "data.sources", "Dataset": "data.sources",
+    "load_dataset": "data.load", "Dataset": "data.sources",
     "UsageError": "errors",
 }
 

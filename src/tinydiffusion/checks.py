@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import bad_value
 from .vocab import MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_SEED, UNGUIDED
+
 MEMORY_LIMIT_FRACTION = 0.5  # refuse work whose own tensors would need more than half of this machine's RAM
 
 

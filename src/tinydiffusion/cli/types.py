@@ -1,4 +1,5 @@
-"""Argument types shared by the command-line modules (standard library only: ``--help`` must not import torch).
+"""What the command-line modules share: argparse types, ``given``, exit codes (standard library only: ``--help``
+must not import torch).
 
 A non-finite number is refused by argparse itself (exit 2, ``argument --guidance: expected a finite
 number, got 'nan'``) before any config is built; the config dataclasses check the ranges.
@@ -8,6 +9,37 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from dataclasses import fields
+from typing import Any, Callable
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+DEVICE_HELP = "auto (default), cpu, cuda or cuda:N"
+
+
+def given(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    """The options the user set (argparse defaults are None), keyed by the config's field names."""
+    names = {f.name for f in fields(config_type)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def reports() -> bool:
+    """Under torchrun the ranks share the work and the first one reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command group given no command: its help, and the usage exit code."""
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return EXIT_USAGE
+
+    return handler
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """``a, b or c``: choices in a help text."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else "".join(choices)
 
 
 def finite_float(text: str) -> float:
@@ -45,3 +77,8 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,16,64, got {text!r}")
     return values
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``type=name_list``: comma-separated names such as ``hero,item`` (blanks dropped)."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .spec import ContextSpec
 from ..data.sources import Dataset, npy_header, read_array
 from ..errors import UsageError, bad_value
 from ..vocab import MAX_WIDTH
+from .spec import ContextSpec
+from .text import default_cache_dir, embed_captions
 
 
 def dataset_contexts(dataset: Dataset, kind: str, *, data: str, encoder: str = "minilm", context_file: str | None = None,
@@ -31,8 +32,6 @@ def dataset_contexts(dataset: Dataset, kind: str, *, data: str, encoder: str = "
     first = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)] if labels is not None else []
     first = (first or list(range(min(5, len(dataset)))))[:8]
     if kind == "text":
-        from .text import default_cache_dir, embed_captions
-
         if dataset.captions is None:
             raise UsageError(f"data {data!r} has no captions; --context text needs images with captions "
                              f"(the embedded sprites and emoji have them)")

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..store.files import atomic_write
+from ..data.sources import EMBEDDED
 from ..errors import UsageError, bad_value
+from ..store.files import atomic_write, user_cache_dir
 
 ENCODER = "all-MiniLM-L6-v2"
 ENCODER_WIDTH = 384
@@ -156,16 +157,8 @@ def get_encoder(name: str) -> TextEncoder:
     return MiniLMEncoder() if canonical == ENCODER else HashEncoder(width)
 
 
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/tinydiffusion``, else ``~/.cache/tinydiffusion``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")  # the spec ignores relative values
-    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "tinydiffusion"
-
-
 def default_cache_dir(data_source: str) -> Path:
     """User cache for the embedded sets (their package may be read-only), else next to the data."""
-    from ..data.sources import EMBEDDED
-
     if data_source in EMBEDDED:
         return user_cache_dir()
     return Path(data_source).expanduser().resolve().parent / ".tinydiffusion-cache"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from .schedule import Schedule
 
 
@@ -69,8 +70,6 @@ def progressive_pairs(schedule: Schedule, steps: int) -> tuple[list[int], list[i
     fine = schedule.timesteps(2 * steps) + [-1]
     coarse = schedule.timesteps(steps) + [-1]
     if fine[::2] != coarse:
-        from ..errors import UsageError
-
         raise UsageError(f"the {steps}-step grid of T={schedule.T} is not every other step of the {2 * steps}-step "
                          f"grid, so two teacher steps cannot be folded into one; choose --steps that divides T")
     return coarse[:-1], fine[1::2], coarse[1:]

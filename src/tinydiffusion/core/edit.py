@@ -1,6 +1,7 @@
 """Editing with the same models: img2img (SDEdit), inpainting (RePaint) and seed interpolation (slerp).
 
-Pure functions over ``(model, schedule, tensors)`` on top of the samplers; nothing is stateful, nothing prints.
+Pure functions over ``(model, schedule, tensors)`` on top of the samplers (interpolation: ``slerp`` of the
+starting noises, run by ``sampling/edit_plans.plan_interpolate``); nothing is stateful, nothing prints.
 
 **Strength → time grid.** A sampler with ``steps = N`` walks its own descending grid
 ``g = grid(sampler, schedule, N, spacing)`` (``samplers.grid``; ``N`` defaults to the sampler's own).
@@ -156,19 +157,6 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weights: Sequence[float]) -> tor
             z = (math.sin((1 - w) * theta) * a + math.sin(w * theta) * b) / math.sin(theta)
         frames.append(z.view(z_a.shape).to(z_a.dtype))
     return torch.stack(frames)
-
-
-def interpolate(model, schedule: Schedule, z_a: torch.Tensor, z_b: torch.Tensor, context: torch.Tensor | None = None,
-                *, frames: int = 9, sampler: str | Callable = "ddim", steps: int | None = None,
-                callback: Callback | None = None, **options) -> torch.Tensor:
-    """``[frames, C, H, W]``: a deterministic sampler from each slerp frame of the noises ``z_a``, ``z_b``
-    ``[C, H, W]``; ``context`` is ``None``, one row ``[D]`` or one row per frame ``[frames, D]``."""
-    fn, name = sampler_of(sampler)
-    check_deterministic(name, options)
-    x_T = slerp(z_a, z_b, frame_weights(frames))  # [F, C, H, W]
-    if context is not None and context.dim() == 1:
-        context = context.expand(frames, -1)  # [F, D]
-    return fn(model, schedule, x_T, context, steps=steps, callback=callback, **options)
 
 
 # ---------------------------------------------------------------------- helpers

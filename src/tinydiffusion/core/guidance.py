@@ -7,7 +7,6 @@ affine, so it is the same whether the network predicts eps, x0 or v.
 
 from __future__ import annotations
 
-
 import torch
 
 from .. import checks

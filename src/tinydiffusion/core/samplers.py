@@ -13,13 +13,16 @@ first ``k`` steps of the grid: ``x_T`` is then the state at ``grid[k]`` (img2img
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import checks
 from ..errors import UsageError, bad_value
-from ..vocab import VARIANCES, default_steps as steps_when_none
+from ..vocab import SPACINGS, VARIANCES
+from ..vocab import default_steps as steps_when_none
 from .schedule import Schedule
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -149,6 +152,29 @@ def consistency(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Ten
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler,
                                                     "consistency": consistency}
+
+
+_OPTION_CHOICES = {"variance": VARIANCES, "spacing": SPACINGS}
+
+
+def get_sampler(name: str, options: dict[str, Any]) -> Callable:
+    """The registered sampler, after checking that it takes every option given, with a valid value."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise bad_value("sampler", name, f"one of {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[name]
+    params = inspect.signature(fn).parameters
+    for key, value in options.items():
+        if key not in params:
+            allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in ("steps", "generator",
+                                                                                               "callback")]
+            raise UsageError(f"{key}={value!r} is not an option of the {name} sampler; it takes: {', '.join(allowed)}")
+        if key == "eta":
+            checks.finite("eta", value, low=0, high=1, allowed="a number from 0 (deterministic) to 1 (DDPM-like)")
+        elif key in _OPTION_CHOICES:
+            checks.choice(key, value, _OPTION_CHOICES[key])
+        elif key in ("extra_noise", "clip_x0") and not isinstance(value, bool):
+            raise bad_value(key, value, "True or False")
+    return fn
 
 
 def default_steps(name: str, schedule: Schedule) -> int:

@@ -1,10 +1,11 @@
-"""Packed sets for data larger than RAM: one uncompressed uint8 ``N×S×S×3`` ``.npy`` read memory-mapped,
-with its labels, class names, captions and paths in a sidecar ``NAME.meta.npz`` (``tinydiffusion data pack``)."""
+"""``tinydiffusion data pack``: any source written as one uncompressed uint8 ``N×S×S×3`` ``.npy`` plus a
+sidecar ``NAME.meta.npz`` (labels, class names, captions, paths), for data larger than RAM.
+
+The writer only: ``load.py`` reads packed sets back (memory-mapped), so loading never imports this module.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import mmap
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,41 +15,11 @@ import numpy as np
 from PIL import Image
 
 from .. import checks
-from .sources import (EMBEDDED, FOLDER_SIZE, Dataset, _check_source, _load, check_images, folder_files, from_arrays,
-                   npy_header, read_array, read_npz)
-from ..store.imagefile import BadImageFile, read_image, resize_square
 from ..errors import UsageError, bad_value
 from ..store.files import atomic_write, save_npz
-
-PACK_FORMAT = "tinydiffusion-packed-1"
-
-
-def sidecar(path: str | Path) -> Path:
-    """``data.npy`` → ``data.meta.npz``: the labels, class names, captions and paths of a packed set."""
-    path = Path(path)
-    return path.with_name(path.stem + ".meta.npz")
-
-
-def load_packed(path: Path) -> Dataset:
-    """A packed set: the images memory-mapped (read-only, pages read on demand), the rest from the sidecar."""
-    meta_file = sidecar(path)
-    where = f"packed data {path} (with {meta_file.name})"
-    meta = read_npz(meta_file, f"data file {meta_file}")
-    if str(meta.get("format", "")) != PACK_FORMAT or "count" not in meta or "size" not in meta:
-        raise UsageError(f"data file {meta_file} is not the sidecar of a packed set (format {PACK_FORMAT!r})")
-    count, size = int(meta["count"]), int(meta["size"])
-    shape, dtype = npy_header(path, "data")
-    if dtype != np.uint8 or shape != (count, size, size, 3):
-        raise UsageError(f"{where}: the images are {shape} {dtype}, the sidecar says ({count}, {size}, {size}, 3) "
-                         f"uint8; pack it again")
-    images = check_images(read_array(path, "data", mmap_arrays=True), where)
-    try:  # batches read scattered rows: no read-around of pages nobody asked for (before the first read)
-        images._mmap.madvise(mmap.MADV_RANDOM)
-    except (AttributeError, OSError, ValueError):
-        pass
-    if "fingerprint" in meta and str(meta["fingerprint"]) != _fingerprint(images.shape, lambda i: images[i].tobytes()):
-        raise UsageError(f"{where}: the images do not match the sidecar (one of the two was replaced); pack it again")
-    return from_arrays(meta, where, path.stem, images=images)
+from ..store.imagefile import BadImageFile, read_image, resize_square
+from .load import PACK_FORMAT, fingerprint, load_packed, load_source, sidecar
+from .sources import EMBEDDED, FOLDER_SIZE, Dataset, check_source, folder_files
 
 
 def pack_dataset(source: str, out: str | Path, *, labels: str | None = None, class_names: list[str] | None = None,
@@ -61,7 +32,7 @@ def pack_dataset(source: str, out: str | Path, *, labels: str | None = None, cla
     file beside ``out`` and renamed into place; the sidecar carries a fingerprint of the images, so a
     pair that does not belong together is refused when loaded.
     """
-    source = _check_source(source)
+    source = check_source(source)
     out = checks.output_path("out", out, suffixes=(".npy",))  # a .npy, not a folder, inside a folder
     taken = [p for p in (out, sidecar(out)) if p.exists() or p.is_symlink()]
     if taken and not overwrite:
@@ -84,7 +55,7 @@ def pack_dataset(source: str, out: str | Path, *, labels: str | None = None, cla
         size = size or FOLDER_SIZE
         rows, n, meta = _folder_rows(files, path, size, skip_bad_files, found), len(files), {"class_names": names}
     else:
-        dataset = _load(source, labels, class_names, None, skip_bad_files, mmap_arrays=True)
+        dataset = load_source(source, labels, class_names, None, skip_bad_files, mmap_arrays=True)
         size, n = size or dataset.size, len(dataset)
         rows = _array_rows(dataset.images, size)
         meta = {k: v for k, v in (("class_names", dataset.class_names), ("labels", dataset.labels),
@@ -138,18 +109,10 @@ def _write_packed(f, rows: Iterator[np.ndarray], n: int, size: int, meta: dict, 
         f.truncate(offset + count * size * size * 3)
     f.flush()
     row_bytes = size * size * 3
-    fingerprint = _fingerprint((count, size, size, 3),  # read back from the temp file (opened read-write)
-                               lambda i: os.pread(f.fileno(), row_bytes, offset + i * row_bytes))
+    digest = fingerprint((count, size, size, 3),  # read back from the temp file (opened read-write)
+                         lambda i: os.pread(f.fileno(), row_bytes, offset + i * row_bytes))
     if found["labels"]:
         meta = {**meta, "labels": np.array(found["labels"], np.int64), "paths": np.array(found["paths"])}
     arrays = {"format": np.array(PACK_FORMAT), "count": np.array(count), "size": np.array(size),
-              "fingerprint": np.array(fingerprint), **{k: np.asarray(v) for k, v in meta.items()}}
+              "fingerprint": np.array(digest), **{k: np.asarray(v) for k, v in meta.items()}}
     save_npz(sidecar(out), arrays)
-
-
-def _fingerprint(shape: tuple[int, ...], row) -> str:
-    """sha256 over the shape and 16 rows (``row(i)``: bytes) spread through the set: cheap at every load."""
-    h = hashlib.sha256(repr(tuple(int(v) for v in shape)).encode())
-    for i in np.unique(np.linspace(0, shape[0] - 1, 16).round().astype(np.int64)):
-        h.update(row(int(i)))
-    return h.hexdigest()[:32]

@@ -1,18 +1,15 @@
-"""Datasets as uint8 ``[N, H, W, 3]``: the embedded sets, ``.npz`` files like them, the course's arrays,
-image folders, and packed sets that stay on disk.
+"""Datasets as uint8 ``[N, H, W, 3]`` from their sources: the embedded sets, ``.npz`` files like them,
+the course's arrays and image folders, and the checks every one of them passes.
 
 Every file is checked before it is trusted: arrays by their header (no pickled objects, the right
 dtype and shape, sizes that fit in memory) before their data is read, images by their header (PNG
 or JPEG, at most ``MAX_PIXELS``) before their pixels are decoded, labels for being integer class
-indices in range, one per image. A packed set (``data pack``) is an uncompressed ``.npy`` read
-memory-mapped, with its labels in a sidecar ``NAME.meta.npz``; ``make_batch`` gathers only the rows
-of a batch from it. Scaling to ``[-1, 1]`` and flips happen per batch, vectorised.
+indices in range, one per image. Which source ``--data`` names, and packed sets, are ``load.py``'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -69,46 +66,8 @@ class Dataset:
         return replace(self, images=out)
 
 
-def load_dataset(source: str, *, labels: str | None = None, class_names: list[str] | None = None,
-                 size: int | None = None, skip_bad_files: bool = False) -> Dataset:
-    """``sprites``/``emoji`` (embedded), an ``.npz`` like them, the course's ``images.npy`` with
-    ``labels=labels.npy``, a packed ``.npy`` (memory-mapped), or a folder with one sub-folder per class.
-    ``size`` resizes (in RAM); every refusal is a ``UsageError`` naming the parameter or file."""
-    dataset = _load(source, labels, class_names, size, skip_bad_files, mmap_arrays=False)
-    return dataset.resized(size) if size else dataset
-
-
-def _load(source: Any, labels: str | None, class_names: Any, size: int | None, skip_bad_files: bool,
-          mmap_arrays: bool) -> Dataset:
-    source = _check_source(source)
-    if size is not None:
-        size = checks.image_size("image_size", size)
-    path = Path(source)
-    if labels is not None and (path.suffix != ".npy" or source in EMBEDDED):
-        raise bad_value("labels", labels, "a labels .npy only together with an images .npy (the course's format)")
-    if class_names is not None and labels is None:
-        raise bad_value("class_names", list(class_names), "class names only together with --labels")
-    if source in EMBEDDED:
-        return load_npz(resources.files("tinydiffusion") / "assets" / EMBEDDED[source], name=source)
-    if path.is_dir():
-        return load_folder(path, size or FOLDER_SIZE, skip_bad_files=skip_bad_files)
-    if path.suffix == ".npz" and path.is_file():
-        return load_npz(path)
-    if path.suffix == ".npy" and path.is_file():
-        from .pack import load_packed, sidecar
-
-        if sidecar(path).exists():
-            if labels is not None:
-                raise bad_value("labels", labels, f"no labels file: {path} is packed, its labels are in "
-                                                  f"{sidecar(path)}")
-            return load_packed(path)
-        return load_course_arrays(path, labels, class_names, mmap_arrays=mmap_arrays)
-    if not path.exists():
-        raise bad_value("data", source, f"{SOURCES}; that path does not exist")
-    raise bad_value("data", source, f"{SOURCES} (with --labels)")
-
-
-def _check_source(source: Any) -> str:
+def check_source(source: Any) -> str:
+    """``--data`` as a string, refused when empty or not a path (``load_dataset`` and ``pack_dataset`` share it)."""
     if not isinstance(source, (str, Path)) or not str(source).strip():  # '' would be the current folder
         raise bad_value("data", source, SOURCES)
     return str(source)

@@ -13,7 +13,7 @@ from .course import CourseUNet
 from .unet import UNet
 
 # Sized for a 2-core CPU (tiny, small) and for a GPU (base). The measured parameter counts and
-# images/s are in the README's "Models" table.
+# images/s are in docs/models.md (benchmarks/presets.py).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"arch": "unet", "base": 16, "mults": (1, 2, 2), "blocks": 1},
     "small": {"arch": "unet", "base": 32, "mults": (1, 2, 2), "blocks": 1, "attention": (8,)},

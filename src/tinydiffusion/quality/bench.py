@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from .. import checks
-from ..runtime.dist import autocast, native_bf16
-from ..errors import bad_value
 from ..core.loss import diffusion_loss
-from ..models import build_model, count_parameters, preset
 from ..core.samplers import SAMPLERS
 from ..core.schedule import Schedule
+from ..errors import bad_value
+from ..models import build_model, count_parameters, preset
+from ..runtime.dist import autocast, native_bf16, resolve_device
 from ..vocab import PRECISIONS
 
 
@@ -220,8 +220,6 @@ def sampler_overhead(device: torch.device, size: int, seconds: float) -> dict:
 
 
 def bench(config: BenchConfig) -> dict:
-    from ..runtime.dist import resolve_device
-
     device = resolve_device(config.device)
     ceilings = {"fp32": matmul_ceiling(device, torch.float32, config.seconds),
                 "bf16": matmul_ceiling(device, torch.bfloat16, config.seconds)}

@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 from .. import checks
+from ..errors import bad_value
 from ..runtime import shard
 from ..runtime.dist import DistInfo
-from ..errors import bad_value
-from .evaluate import check_class_model, check_memory, check_sampling_settings, real_reference, score
-from .featurenet import load_evaluator
+from ..sampling.card import parse_setting
+from ..sampling.pipeline import load
+from ..sampling.plans import counting_evaluations
 from ..store.files import write_bytes, write_json, write_text
 from ..store.pictures import grid, save_picture, to_uint8
-from ..sampling.pipeline import counting_evaluations, load
-from ..core.samplers import SAMPLERS
+from .evaluate import check_class_model, check_memory, check_sampling_settings, real_reference, score
+from .featurenet import load_evaluator
 
 DEFAULT_SETTINGS = ("ddpm:500", "ddpm:250", "ddpm:100", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "ddim:250",
                     "ddim:500", "dpmpp_2m:5", "dpmpp_2m:10", "dpmpp_2m:20", "dpmpp_2m:50")
@@ -58,16 +59,6 @@ class CompareConfig:
                 not all(isinstance(s, str) and s.strip() for s in self.students):
             raise bad_value("students", self.students, "a list of model or distill folders")
         checks.output_path("out", self.out, folder=True)
-
-
-def parse_setting(text: str) -> tuple[str, int]:
-    """``"ddim:50"`` to ``("ddim", 50)``; anything else is refused naming it (steps <= T is checked with the model)."""
-    name, colon, steps = str(text).partition(":")
-    steps = steps.strip()
-    if not colon or name.strip() not in SAMPLERS or not (steps.isascii() and steps.isdigit()) or int(steps) < 1:
-        raise bad_value("settings", text, f"SAMPLER:STEPS such as ddim:50 or dpmpp_2m:10, with SAMPLER one of "
-                                          f"{', '.join(SAMPLERS)} and STEPS a positive integer")
-    return name.strip(), int(steps)
 
 
 def student_models(paths) -> list[Path]:

@@ -17,17 +17,19 @@ import numpy as np
 import torch
 
 from .. import checks
-from . import metrics
-from ..runtime import shard
+from ..core.samplers import get_sampler
 from ..data.batches import as_tensor, make_batch
-from ..data.sources import load_dataset
-from ..runtime.dist import DistInfo
+from ..data.load import load_dataset
 from ..errors import UsageError, bad_value
-from .featurenet import Evaluator, load_evaluator
-from ..store.files import atomic_write, write_json
+from ..runtime import shard
+from ..runtime.dist import DistInfo
+from ..sampling.pipeline import Pipeline, load
+from ..sampling.plans import SamplePlan, batch_bytes
+from ..store.files import atomic_write, user_cache_dir, write_json
 from ..store.pictures import grid, save_picture, to_uint8
 from ..vocab import PRECISIONS
-from ..sampling.pipeline import Pipeline, SamplePlan, get_sampler, load
+from . import metrics
+from .featurenet import Evaluator, load_evaluator
 
 BOOTSTRAPS = 20
 MEMO_THRESHOLD = 0.1  # a copy: nearest training image closer than this RMS pixel distance in [-1, 1] units ...
@@ -100,7 +102,7 @@ def check_memory(pipe: Pipeline, plan: SamplePlan, ev: Evaluator, value: int, in
     the memorisation check, and the evaluator's features (float64, with bootstrap copies)."""
     features = 128 * int(ev.config.get("members", 1))
     per_image = plan.image_bytes * (2 + (info.world > 1)) + features * 8 * 3
-    checks.memory("per_class", value, plan.count * per_image + pipe.batch_bytes(plan),
+    checks.memory("per_class", value, plan.count * per_image + batch_bytes(pipe, plan),
                   f"{plan.count} samples and their scores")
 
 
@@ -113,8 +115,6 @@ class RealReference:
 
 def real_reference(evaluator: Evaluator, data: str, size: int) -> RealReference:
     """Evaluator features of the real images at the model's resolution, cached on disk."""
-    from ..conditioning.text import user_cache_dir
-
     dataset = load_dataset(data, size=size)
     if dataset.labels is None:
         raise UsageError(f"data {data!r} has no labels: evaluation needs the class of each real image")

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
-from ..store.checkpoint import WEIGHTS, check_weights, export_model, read_model
 from ..data.batches import as_tensor, make_batch
-from ..data.sources import load_dataset
-from ..runtime.dist import resolve_device
+from ..data.load import load_dataset
 from ..errors import UsageError, bad_value
+from ..runtime.dist import resolve_device
+from ..store.checkpoint import WEIGHTS, check_weights, export_model, read_model
 
 SHIPPED = {"sprites": "evaluators/sprites"}
 

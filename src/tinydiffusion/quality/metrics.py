@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 
@@ -209,15 +209,3 @@ def nearest_pairs(result: dict, k: int) -> torch.Tensor:
     if k > distances.shape[0]:
         raise bad_value("k", k, f"an integer in 1..{distances.shape[0]} (the number of samples)")
     return torch.argsort(distances, stable=True)[:k]
-
-
-def spread(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
-    """Mean and sample standard deviation (Bessel-corrected; 0 for a single value) of a metric over runs/seeds."""
-    allowed = "a non-empty 1-D sequence of finite numbers"
-    if not isinstance(values, torch.Tensor):
-        try:
-            values = torch.as_tensor(values, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise bad_value("values", values, allowed) from None
-    v = _checked("values", values, allowed=allowed, ndim=1, min_rows=1)
-    return v.mean().item(), (v.std(correction=1).item() if v.numel() > 1 else 0.0)

@@ -10,6 +10,8 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
+from ..errors import UsageError, bad_value
+
 R = TypeVar("R")
 # How long a collective waits for a rank that stopped answering before it raises (gloo and NCCL
 # alike), so the other ranks exit with an error instead of hanging; TINYDIFFUSION_DIST_TIMEOUT overrides.
@@ -29,8 +31,6 @@ class DistInfo:
 
 
 def resolve_device(name: str) -> torch.device:
-    from ..errors import bad_value
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -99,8 +99,6 @@ def _attempt_store(world: int, timeout: datetime.timedelta):
 
 
 def timeout_seconds() -> float:
-    from ..errors import bad_value
-
     text = os.environ.get("TINYDIFFUSION_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
     try:
         value = float(text)
@@ -144,8 +142,6 @@ def agree(decide: Callable[[], R], info: DistInfo) -> R:
     Decisions about files (is the folder free? is there a state to resume?) are made once, by the
     rank that writes, so no rank can go on alone while another refuses.
     """
-    from ..errors import UsageError
-
     if info.world == 1:
         return decide()
     answer: list = [None]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ..store.files import AtomicFolder
 from .dist import DistInfo, barrier, setup, teardown
 
 
@@ -73,8 +74,6 @@ def broadcast(value: Any, info: DistInfo) -> Any:
 def shared_folder(path: str | Path, info: DistInfo) -> Iterator[Path]:
     """An ``AtomicFolder`` that every rank writes into: rank 0 makes the hidden temp folder and sends its
     name; after the block every rank waits for the others, then rank 0 swaps the whole folder in."""
-    from ..store.files import AtomicFolder
-
     if info.world == 1:
         with AtomicFolder(path) as tmp:
             yield tmp

@@ -1,11 +1,9 @@
 """Sampling to files: ``sample_to_files(SampleConfig) -> SampleResult`` (what ``tinydiffusion sample`` runs).
 
-``--out`` ending in ``.png`` writes a grid (one row per context, one column per seed), ``.npz``
-the raw uint8 images with their contexts (and class labels), no suffix a folder of PNGs. Every
-output appears whole or not at all (``files.py``). A folder is streamed: each batch's PNGs go into
-the hidden temp folder as they are made, so its size is bounded by the disk, not by memory; a grid,
-an ``.npz`` and a GIF hold everything in memory and are refused up front when that would not fit.
-Under torchrun the batches are shared among the processes (``shard.py``) and rank 0 writes.
+The outputs are ``outputs.py``'s (a grid, an ``.npz`` or a folder of PNGs). A folder is streamed: each batch's
+PNGs go into the hidden temp folder as they are made, so its size is bounded by the disk, not by memory; a grid,
+an ``.npz`` and a GIF hold everything in memory and are refused up front when that would not fit. Under torchrun
+the batches are shared among the processes (``runtime/shard.py``) and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -13,23 +11,27 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import checks
+from ..core.samplers import get_sampler
+from ..errors import UsageError, bad_value
 from ..runtime import shard
 from ..runtime.dist import DistInfo
+from ..store.files import write_text
+from ..store.pictures import grid_bytes, save_gif, to_uint8
 from ..vocab import PRECISIONS, PREDICTIONS, SCHEDULES
-from ..errors import UsageError, bad_value
-from ..store.files import save_npz, write_text
-from ..store.pictures import grid_bytes, save_gif, save_grid, to_uint8
-from .pipeline import Pipeline, SamplePlan, counting_evaluations, get_sampler, load
+from .outputs import MAX_GIF_FRAMES, Frames, Output, check_replaceable, context_arrays, picture_names, write, write_pngs
+from .pipeline import Pipeline, load
+from .plans import SamplePlan, batch_bytes, counting_evaluations
 
-MAX_GIF_FRAMES = 60
 PNG_FILE_BYTES = 4096  # one file-system block: what a small PNG of a streamed folder takes on disk
+OUT_SUFFIXES = (".png", ".npz", "")  # a grid, the raw images, a folder
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,8 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
-        if not isinstance(self.model, (str, Path)) or not str(self.model).strip():
-            raise bad_value("model", self.model, "a shipped model name or an exported model folder")
-        if self.sampler is not None:  # else checked again once the model's recommendation is known
-            get_sampler(self.sampler, self.options())  # the name, the options it takes, their values
-        if self.steps is not None:
-            checks.integer("steps", self.steps, low=1, allowed="a positive integer (at most the model's T)")
-        if self.guidance is not None:
-            checks.guidance(self.guidance)
-        checks.finite("guidance_rescale", self.guidance_rescale, low=0, high=1)
-        for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+        check_settings(self, self.n, self.seed)
+        for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES)):
             if getattr(self, key) is not None:
                 checks.choice(key, getattr(self, key), allowed)
         if not isinstance(self.contexts, tuple) or not all(isinstance(c, str) for c in self.contexts):
@@ -82,15 +76,6 @@ class SampleConfig:
             raise bad_value("prompt_to", self.prompt_to, "exactly one --prompt (or --context) to start from")
         if self.context_file is not None and self.contexts:
             raise bad_value("context_file", self.context_file, "either --context-file or --context/--prompt, not both")
-        n = checks.integer("n", self.n, low=1, high=checks.MAX_SEED,
-                           allowed="a positive number of images per row (below 2**63: one seed each)")
-        checks.seed("seed", self.seed, n)  # the seeds seed … seed + n - 1 must all be valid
-        checks.integer("batch_size", self.batch_size, low=1, allowed="a positive number of images per forward pass")
-        out = checks.output_path("out", self.out, suffixes=(".png", ".npz", ""), folder=Path(str(self.out)).suffix == "")
-        if out.suffix == "":
-            _check_replaceable(out)
-        if self.gif is not None:
-            checks.output_path("gif", self.gif, suffixes=(".gif",))
 
     def options(self) -> dict:
         """Sampler options the user set; a sampler that does not take one refuses it by name."""
@@ -107,9 +92,32 @@ class SampleConfig:
 
     def metadata(self) -> dict:
         """What made these images; written into the PNG, the .npz or the folder beside them."""
-        from dataclasses import asdict
-
         return {k: v for k, v in asdict(self).items() if k not in ("out", "gif", "batch_size", "device")}
+
+
+def check_settings(config: Any, n: int, seed: int) -> None:
+    """The settings ``sample``, ``edit`` and ``interpolate`` share, checked before any model is loaded: the model
+    name, the sampler and its options, steps, guidance, precision, the images per row and their seeds, the batch,
+    the outputs. Each value has one check and one message, wherever it comes from."""
+    if not isinstance(config.model, (str, Path)) or not str(config.model).strip():
+        raise bad_value("model", config.model, "a shipped model name or an exported model folder")
+    if config.sampler is not None:  # else checked once the model's recommendation is known
+        get_sampler(config.sampler, config.options())  # the name, the options it takes, their values
+    if config.steps is not None:
+        checks.integer("steps", config.steps, low=1, allowed="a positive integer (at most the model's T)")
+    if config.guidance is not None:
+        checks.guidance(config.guidance)
+    checks.finite("guidance_rescale", config.guidance_rescale, low=0, high=1)
+    checks.choice("precision", config.precision, PRECISIONS)
+    n = checks.integer("n", n, low=1, high=checks.MAX_SEED,
+                       allowed="a positive number of images per row (below 2**63: one seed each)")
+    checks.seed("seed", seed, n)  # the seeds seed … seed + n - 1 must all be valid
+    checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
+    out = checks.output_path("out", config.out, suffixes=OUT_SUFFIXES, folder=Path(str(config.out)).suffix == "")
+    if out.suffix == "":
+        check_replaceable(out)
+    if config.gif is not None:
+        checks.output_path("gif", config.gif, suffixes=(".gif",))
 
 
 @dataclass(frozen=True)
@@ -132,47 +140,47 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     expected_schedule = {"kind": config.schedule} if config.schedule else None
     pipe = pipeline or load(config.model, device=info.device, prediction=config.prediction, schedule=expected_schedule)
     sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
-    config = replace(config, sampler=sampler, steps=steps, guidance=guidance)  # checked again, recorded as used
+    settings = {"sampler": sampler, "steps": steps, "guidance": guidance}  # as used: the card's where not given
     rows, context = _rows(pipe, config)
-    plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=config.sampler, steps=config.steps,
-                     batch_size=config.batch_size, guidance=config.guidance, guidance_rescale=config.guidance_rescale,
-                     precision=config.precision, **config.options())
-    out = Path(config.out)
-    folder = out.suffix == ""
+    plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=sampler, steps=steps, batch_size=config.batch_size,
+                     guidance=guidance, guidance_rescale=config.guidance_rescale, precision=config.precision,
+                     **config.options())
+    folder = Path(config.out).suffix == ""
     _check_size(pipe, plan, config, folder, info)
-    names = [r.replace("/", "_").replace(" ", "_") for r in rows] or ["uncond"]
-    recorder, parts, mine = _Frames() if config.gif else None, [], shard.my_batches(plan.batches, info)
+    recorder, parts, mine = Frames() if config.gif else None, [], shard.my_batches(plan.batches, info)
     t0 = time.perf_counter()
     with counting_evaluations(pipe.model) as evaluated:
-        with shard.shared_folder(out, info) if folder else contextlib.nullcontext() as tmp:
+        with shard.shared_folder(config.out, info) if folder else contextlib.nullcontext() as tmp:
             for b in mine:
                 if recorder is not None:
                     recorder.batch = b
                 for _, x in pipe.run(plan, [b], callback=recorder):
                     pictures = to_uint8(x)
                     if tmp is not None:  # streamed: written now, this batch's memory freed
-                        _write_pngs(tmp, pictures, b * plan.batch_size, plan.count, names, config)
+                        names = picture_names(rows, config.n, config.seed, plan.count, b * plan.batch_size, len(x))
+                        write_pngs(tmp, pictures, names)
                     if tmp is None or recorder is not None:
                         parts.append((b, pictures))
             gathered = shard.gather(parts, info)
             frames = recorder.gather(info) if recorder is not None else None
             seconds = time.perf_counter() - t0
-            metadata = {**config.metadata(), "rows": rows, "nfe": evaluated[0] // max(1, plan.images_in(mine)),
-                        "seconds": round(seconds, 3), "model_prediction": pipe.prediction,
-                        "schedule_used": pipe.schedule.to_dict()}
+            metadata = {**config.metadata(), **settings, "rows": rows,
+                        "nfe": evaluated[0] // max(1, plan.images_in(mine)), "seconds": round(seconds, 3),
+                        "model_prediction": pipe.prediction, "schedule_used": pipe.schedule.to_dict()}
             if tmp is not None and info.is_main:
                 write_text(tmp / "metadata.json", json.dumps(metadata) + "\n")
+    result = SampleResult([], seconds, metadata["nfe"], plan.count, rows, settings, bool(pipe.distilled))
     if not info.is_main:
-        return SampleResult([], seconds, metadata["nfe"], plan.count, rows, _settings(config), bool(pipe.distilled))
+        return result
     pictures = np.concatenate(gathered) if gathered else None
-    paths = [out if folder else _write(pictures, pipe, rows, context, config, json.dumps(metadata))]
+    if not folder:
+        arrays = context_arrays(rows, context, config.n, pipe.context, plan.count)
+        result.paths.append(write(config.out, Output(pictures, config.n, metadata, arrays)))
+    else:
+        result.paths.append(Path(config.out))
     if recorder is not None:
-        paths.append(save_gif(frames + [pictures], config.gif, ncol=config.n))
-    return SampleResult(paths, seconds, metadata["nfe"], plan.count, rows, _settings(config), bool(pipe.distilled))
-
-
-def _settings(config: SampleConfig) -> dict:
-    return {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance}
+        result.paths.append(save_gif(frames + [pictures], config.gif, ncol=config.n))
+    return result
 
 
 def _rows(pipe: Pipeline, config: SampleConfig) -> tuple[list[str], torch.Tensor | None]:
@@ -215,7 +223,7 @@ def _check_size(pipe: Pipeline, plan: SamplePlan, config: SampleConfig, folder: 
     N, (_, H, W) = plan.count, plan.shape
     pixels = N * H * W * 3  # the uint8 pictures
     shared = 2 if info.world > 1 else 1  # rank 0 also holds the pickled copies it gathers
-    need = pipe.batch_bytes(plan)
+    need = batch_bytes(pipe, plan)
     checks.memory("batch_size", config.batch_size, need, f"network batch of {min(plan.batch_size, N)} images")
     if not folder:
         need += shared * pixels + (grid_bytes(N, H, config.n) if Path(config.out).suffix.lower() == ".png"
@@ -228,73 +236,3 @@ def _check_size(pipe: Pipeline, plan: SamplePlan, config: SampleConfig, folder: 
     if config.gif:
         need += shared * (2 * MAX_GIF_FRAMES + 2) * pixels + (MAX_GIF_FRAMES + 1) * grid_bytes(N, H, config.n)
         checks.memory("n", config.n, need, f"denoising animation (--gif: up to {MAX_GIF_FRAMES} frames of {N} images)")
-
-
-def _check_replaceable(out: Path) -> None:
-    """A folder output replaces ``out`` whole, so ``out`` must be new or an earlier folder of samples
-    (PNGs and metadata.json): never the working folder, one above it, or a folder of other files."""
-    if out.is_dir():
-        here, target = Path.cwd().resolve(), out.resolve()
-        if target == here or target in here.parents:
-            raise bad_value("out", str(out), "a new folder for the samples, not the working folder or one above it")
-        others = [p.name for p in out.iterdir() if p.name != "metadata.json" and p.suffix.lower() != ".png"]
-        if others or (any(out.iterdir()) and not (out / "metadata.json").is_file()):
-            raise bad_value("out", str(out), f"a new folder or an earlier folder of samples, which is replaced whole; "
-                                             f"this one holds other files ({', '.join(sorted(others)[:3]) or 'PNGs without metadata.json'})")
-
-
-def _write_pngs(folder: Path, pictures: np.ndarray, start: int, total: int, names: list[str],
-                config: SampleConfig) -> None:
-    """Images ``start …`` of a folder output, into its hidden temp folder (the folder appears whole)."""
-    from PIL import Image
-
-    digits = max(4, len(str(total - 1)))
-    for k, picture in enumerate(pictures, start):
-        row, col = divmod(k, config.n)
-        Image.fromarray(picture).save(folder / f"{k:0{digits}d}_{names[row]}_seed{config.seed + col}.png")
-
-
-def _write(pictures: np.ndarray, pipe: Pipeline, rows: list[str], contexts: torch.Tensor | None,
-           config: SampleConfig, text: str) -> Path:
-    out = Path(config.out)
-    if out.suffix.lower() == ".png":
-        return save_grid(pictures, out, ncol=config.n, text={"tinydiffusion": text})
-    width = pipe.context.width
-    ctx = np.zeros((len(pictures), width), np.float32) if contexts is None else \
-        contexts.repeat_interleave(config.n, dim=0).numpy().astype(np.float32)
-    arrays = {"images": pictures, "contexts": ctx, "metadata": np.array(text)}
-    labels = [pipe.context.label_of(r) for r in rows]
-    if rows and all(label is not None for label in labels):
-        arrays["labels"] = np.repeat(np.array(labels, dtype=np.int64), config.n)
-    return save_npz(out, arrays)
-
-
-class _Frames:
-    """A sampler callback that keeps uint8 snapshots of ``x_t`` per step and batch (``batch`` is set by the
-    caller). Memory stays bounded: every other kept step is dropped whenever more than twice
-    ``MAX_GIF_FRAMES`` are held, and ``frames()`` thins what is left to ``MAX_GIF_FRAMES``."""
-
-    def __init__(self):
-        self.parts: dict[int, dict[int, np.ndarray]] = {}  # step -> batch -> [b, H, W, 3]
-        self.stride, self.batch = 1, 0
-
-    def __call__(self, i: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
-        if i % self.stride:
-            return
-        self.parts.setdefault(i, {})[self.batch] = to_uint8(x_t)
-        if len(self.parts) > 2 * MAX_GIF_FRAMES:  # every batch walks the same steps, so all keep the same ones
-            self.stride *= 2
-            self.parts = {s: p for s, p in self.parts.items() if s % self.stride == 0}
-
-    def gather(self, info: DistInfo) -> list[np.ndarray] | None:
-        """Rank 0: the thinned frames of every rank's batches, images in the one-process order."""
-        everyone = shard.gather([(0, self.parts)], info) if info.world > 1 else [self.parts]
-        if everyone is None:
-            return None
-        merged: dict[int, dict[int, np.ndarray]] = {}
-        for parts in everyone:
-            for step, batches in parts.items():
-                merged.setdefault(step, {}).update(batches)
-        steps = sorted(merged)
-        stride = max(1, -(-len(steps) // MAX_GIF_FRAMES))
-        return [np.concatenate([merged[s][b] for b in sorted(merged[s])]) for s in steps[::stride]]

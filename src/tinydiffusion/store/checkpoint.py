@@ -18,7 +18,7 @@ import torch
 from .. import checks
 from ..errors import UsageError
 from .files import atomic_write
-from .modelfile import MODEL_FORMAT, EVALUATOR_FORMAT, check_config, read_json
+from .modelfile import EVALUATOR_FORMAT, MODEL_FORMAT, check_config, read_json
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 STATE_FORMAT = 2  # the training state's layout: step, epoch, pos, elapsed, world, weights, optimizer

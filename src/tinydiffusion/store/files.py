@@ -88,12 +88,6 @@ def write_json(path: str | Path, data: Any, **kw: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=list) + "\n", **kw)
 
 
-def save_image(path: str | Path, picture, **save_options: Any) -> Path:
-    """A Pillow image saved atomically; the format comes from the suffix of ``path``."""
-    fmt = {".png": "PNG", ".gif": "GIF", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
-    return atomic_write(path, lambda f: picture.save(f, format=fmt, **save_options))
-
-
 def save_npz(path: str | Path, arrays: dict[str, Any], compressed: bool = True) -> Path:
     import numpy as np
 
@@ -145,3 +139,9 @@ def clean_stale_temps(folder: str | Path) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/tinydiffusion``, else ``~/.cache/tinydiffusion``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")  # the spec ignores relative values
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "tinydiffusion"

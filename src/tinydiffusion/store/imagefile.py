@@ -78,3 +78,24 @@ def resize_square(im: Image.Image, size: int) -> Image.Image:
         return im
     whole = im.size[0] % size == 0 and im.size[0] > size  # pixel art shrinks cleanly with a box filter
     return im.resize((size, size), Image.Resampling.BOX if whole else Image.Resampling.LANCZOS)
+
+
+def read_picture(path: str | Path, size: int, param: str) -> np.ndarray:
+    """uint8 ``[size, size, 3]`` from a PNG/JPEG, as training data is read: RGB on black, centre-cropped, resized;
+    a refusal names ``param``."""
+    try:
+        return read_image(Path(path), size)
+    except BadImageFile as e:
+        raise UsageError(f"{param}: {str(e).split('; fix or remove it')[0]}; expected a PNG or JPEG image") from None
+
+
+def read_mask(path: str | Path, size: int) -> np.ndarray:
+    """bool ``[size, size]`` (true = keep) from a PNG/JPEG of any size: white (grey >= 128) keeps, black (or
+    transparent) generates; centre-cropped like the input, then resized with nearest-neighbour."""
+    try:  # the header only, for the side to read it at unresampled; read_picture checks and decodes the file
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            side = max(1, min(im.size))
+    except Exception:  # noqa: BLE001 - unreadable: read_picture below says why, naming the file
+        side = size
+    grey = Image.fromarray(read_picture(path, side, "mask")).convert("L")
+    return np.asarray(grey.resize((size, size), Image.Resampling.NEAREST)) >= 128

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, bad_value
-from ..vocab import (ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES, MAX_T, MAX_WIDTH, PREDICTIONS,
-                     SAMPLERS, SCHEDULES)
-from .schema import (Section, any_object, class_name, example, exactly, flag, list_of, mapping_of,
-                     maybe, number, one_of, section, shown, text, validate, whole, kind_of)
+from ..vocab import (ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES, MAX_T, MAX_WIDTH,
+                     PREDICTIONS, SAMPLERS, SCHEDULES)
+from .schema import (Section, any_object, class_name, exactly, example, flag, kind_of, list_of, mapping_of, maybe,
+                     number, one_of, section, shown, text, validate, whole)
 
 MODEL_FORMAT, EVALUATOR_FORMAT = "tinydiffusion-model", "tinydiffusion-evaluator"
 MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB; a bigger file is not a config

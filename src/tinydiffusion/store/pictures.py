@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
+
+from .files import atomic_write
 
 
 def to_uint8(x) -> np.ndarray:
@@ -16,6 +19,23 @@ def to_uint8(x) -> np.ndarray:
     """
     x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to("cpu")
     return x.byte().permute(0, 2, 3, 1).numpy()
+
+
+def to_float(picture: np.ndarray):
+    """uint8 ``[S, S, 3]`` to float ``[1, 3, S, S]`` in ``[-1, 1]``, scaled as training batches are."""
+    return torch.from_numpy(np.ascontiguousarray(picture.transpose(2, 0, 1)))[None].float().div_(127.5).sub_(1.0)
+
+
+def beside(pictures: np.ndarray, shown: list[np.ndarray], n: int) -> np.ndarray:
+    """uint8 ``[R·(k+n), S, S, 3]``: each row of ``n`` pictures after the ``k`` pictures ``shown`` (input, mask)."""
+    rows = pictures.reshape(-1, n, *pictures.shape[1:])  # [R, n, S, S, 3]
+    first = np.broadcast_to(np.stack(shown)[None], (len(rows), len(shown), *pictures.shape[1:]))
+    return np.concatenate([first, rows], axis=1).reshape(-1, *pictures.shape[1:])
+
+
+def mask_picture(keep: np.ndarray) -> np.ndarray:
+    """uint8 ``[S, S, 3]`` of a bool mask: white where kept, black where generated."""
+    return np.repeat((keep.astype(np.uint8) * 255)[..., None], 3, axis=-1)
 
 
 def grid(images: np.ndarray, ncol: int, *, scale: int = 1, pad: int = 1, background: int = 40) -> Image.Image:
@@ -66,6 +86,4 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, ncol: int, *, ms_pe
 
 def save_picture(path: str | Path, picture: Image.Image, *, format: str, **options) -> Path:
     """``picture`` in ``format`` whatever the suffix of ``path``, through ``files.atomic_write``."""
-    from .files import atomic_write
-
     return atomic_write(path, lambda f: picture.save(f, format=format, **options))

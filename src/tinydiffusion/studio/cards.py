@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .params import SampleParams, resolve
+from ..models import ModelConfig, build_model, count_parameters
+from ..sampling.card import resolve
 from .runfiles import read_metrics, readme
 
 log = logging.getLogger("tinydiffusion.studio")
@@ -20,7 +21,7 @@ def card(entry) -> dict[str, Any]:
     if not c:
         return out
     context = c.get("context") or {"kind": "none"}
-    sampler, steps, guidance = resolve(SampleParams(entry.name), c)
+    sampler, steps, guidance = resolve(c)  # the model card's settings, as a request that names none gets them
     out.update({"kind": context["kind"], "classes": list(context.get("names") or []),
                 "examples": entry.default_rows if context["kind"] == "text" else [],
                 "image_size": c["model"]["image_size"], "parameters": parameters(c),
@@ -45,8 +46,6 @@ def distilled(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def parameters(config: dict[str, Any]) -> int | None:
     """The network's parameter count, from its config (the network is built, no weights read)."""
-    from ..models import ModelConfig, build_model, count_parameters
-
     try:
         return count_parameters(build_model(ModelConfig.from_dict(config["model"])))
     except (UsageError, KeyError, TypeError, ValueError) as e:

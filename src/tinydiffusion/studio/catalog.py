@@ -1,6 +1,7 @@
 """What the studio serves: the models it lists (shipped, given, or exported under ``--runs``) and the runs
 it monitors. A request names one of these; a name is looked up in the listing, never joined to a path,
-so nothing outside the listed folders is ever read. Symlinks are not followed while scanning."""
+so nothing outside the listed folders is ever read. Symlinks are not followed while scanning. A name the
+server did not list is ``NotFound`` (404), wherever it is looked up (models, runs, jobs, files)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UsageError
-from .errors import NotFound
-from .runfiles import is_file, read_metrics
+from ..sampling.pipeline import SHIPPED, resolve_model
+from ..store.modelfile import check_config, read_json
+from . import cards
+from .runfiles import MAX_PICTURE, is_file, newest_png, read_bounded, read_metrics
 
 log = logging.getLogger("tinydiffusion.studio")
 MAX_DEPTH = 3  # run folders as deep as RUNS/a/b/c
 MAX_FOLDERS = 2000  # folders visited per scan, whatever the tree holds
+
+
+class NotFound(UsageError):
+    """A name the server did not list (model, run, job, file): 404. Never a path lookup."""
 
 
 @dataclass
@@ -45,9 +52,7 @@ class ModelEntry:
     def card(self) -> dict[str, Any]:
         """The listing entry of ``docs/studio_api.md`` (parameters counted once, by building the network)."""
         if self._card is None:
-            from .cards import card
-
-            self._card = card(self)
+            self._card = cards.card(self)
         return self._card
 
 
@@ -65,8 +70,6 @@ class Catalog:
         """List the models again (a new dict swapped in: lookups never wait for a scan)."""
         entries: dict[str, ModelEntry] = {}
         if self.given is None:
-            from ..sampling.pipeline import SHIPPED, resolve_model
-
             for name in SHIPPED:
                 entries[name] = _entry(name, resolve_model(name), "shipped")
         else:
@@ -122,6 +125,16 @@ class Catalog:
             raise NotFound(f"run={_shown(name)} is not a run this server lists (GET /api/runs)")
         return known[name]
 
+    def latest_sample(self, name: Any) -> bytes:
+        """The newest PNG in a listed run's ``samples`` folder (by modification time), as bytes."""
+        path = newest_png(self.run(name) / "samples")
+        if path is None:
+            raise NotFound("this run has no sample grid yet (they appear every --sample-every steps)")
+        data = read_bounded(path, MAX_PICTURE)
+        if not data:
+            raise NotFound("the newest sample grid of this run could not be read (being replaced?); try again")
+        return data
+
     def _scan(self) -> list[tuple[str, Path]]:
         """``(name, folder)`` of every run folder (a ``metrics.csv`` or a ``model/config.json``) under the roots,
         named ``ROOTNAME/relative/path``; hidden folders and symlinks skipped, depth and count bounded."""
@@ -162,8 +175,6 @@ def _roots(runs: Sequence[str | Path]) -> list[tuple[str, Path]]:
 
 
 def _entry(name: str, path: Path, source: str, run: Path | None = None) -> ModelEntry:
-    from ..store.modelfile import check_config, read_json
-
     try:
         config = check_config(read_json(path / "config.json"), path / "config.json")
     except UsageError as e:

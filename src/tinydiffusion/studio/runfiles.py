@@ -9,8 +9,6 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import NotFound
-
 MAX_TEXT = 64 * 1024  # bytes of a model README shown on its card
 MAX_METRICS = 32 * 2**20  # bytes of metrics.csv read (its end, when it is longer)
 MAX_POINTS = 2000  # points of a metrics curve sent to the page (thinned, the last kept)
@@ -40,22 +38,17 @@ def read_metrics(path: Path, max_points: int = MAX_POINTS, limit: int = MAX_METR
     return out
 
 
-def latest_sample(run: Path) -> bytes:
-    """The newest PNG in ``run/samples`` (by modification time), as bytes."""
+def newest_png(folder: Path) -> Path | None:
+    """The newest regular, non-hidden ``.png`` in ``folder`` (by modification time); ``None`` when there is none."""
     pictures = []
     try:
-        for item in os.scandir(run / "samples"):
+        for item in os.scandir(folder):
             info = item.stat(follow_symlinks=False)
             if item.name.endswith(".png") and not item.name.startswith(".") and stat.S_ISREG(info.st_mode):
                 pictures.append((info.st_mtime, item.name))
     except OSError:
         pass
-    if not pictures:
-        raise NotFound("this run has no sample grid yet (they appear every --sample-every steps)")
-    data = read_bounded(run / "samples" / max(pictures)[1], MAX_PICTURE)
-    if not data:
-        raise NotFound("the newest sample grid of this run could not be read (being replaced?); try again")
-    return data
+    return folder / max(pictures)[1] if pictures else None
 
 
 def readme(folder: Path) -> str | None:

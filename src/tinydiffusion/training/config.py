@@ -1,9 +1,10 @@
-"""``TrainConfig``: every training setting, checked where it comes in (library and CLI alike)."""
+"""``TrainConfig``: every training setting, checked where it comes in (library and CLI alike); ``Objective``:
+what a run minimises when it is not the ordinary diffusion loss."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 from .. import checks
 from ..errors import UsageError, bad_value
@@ -97,6 +98,22 @@ class TrainConfig:
     def with_budget(self) -> "TrainConfig":
         """The default budget (``DEFAULT_MINUTES``) when none of steps, epochs and minutes is set."""
         return self if any(getattr(self, k) for k in BUDGET) else replace(self, minutes=DEFAULT_MINUTES)
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """What a training run minimises and how its network starts, when it is not the ordinary diffusion loss from
+    random weights (distillation, ``distill.py``). ``train`` takes one and keeps everything else (data, EMA, atomic
+    state, exact resume, budgets, metrics, grids, export)."""
+
+    loss: Callable  # loss(net, schedule, x0, context, generator) -> a scalar tensor
+    model_config: Any  # models.ModelConfig of the network
+    schedule: Any  # schedule.Schedule
+    weights: dict  # the network's initial state_dict
+    context: dict  # the context spec the data must give (the teacher's), as ContextSpec.to_dict()
+    card: dict  # config.json entries added to or replacing the trained ones ("recommended", "distilled")
+    preview: dict  # {"sampler", "steps", "guidance"} of the fixed-seed sample grids
+    identity: dict  # JSON-able; saved in the state, and a resume must bring the same
 
 
 def recorded_config(saved: Any, where: str) -> TrainConfig:

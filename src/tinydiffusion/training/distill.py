@@ -21,7 +21,6 @@ resume, ``--minutes``/``--iterations``, progress bar, ``metrics.csv``, sample gr
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import time
@@ -29,18 +28,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .. import checks
-from . import runlock
 from ..core.distill_loss import OBJECTIVES, progressive_pairs
-from ..errors import UsageError, bad_value
-from ..store.files import AtomicFolder, clean_stale_temps, write_json
 from ..core.guidance import cfg
-from .objective import Objective
+from ..errors import UsageError, bad_value
+from ..models import ModelConfig
+from ..runtime.dist import resolve_device
 from ..sampling.pipeline import Pipeline, load
-from .config import TrainConfig, recorded_config
+from ..store.files import AtomicFolder
 from ..vocab import DISTILL_METHODS, PRECISIONS
+from . import runlock
+from .config import Objective, TrainConfig, recorded_config
+from .train import train
 
 SAMPLER_OF = {"progressive": "ddim", "consistency": "consistency"}
 RECORD = "distill.json"
@@ -142,21 +141,23 @@ def distill(config: DistillConfig, *, resume: bool | str = False, overwrite: boo
         raise bad_value("steps", config.steps, f"a step count whose grid lies on the teacher's {config.teacher_steps}-"
                         f"step grid: {', '.join(map(str, _nested_steps(teacher.schedule, config.teacher_steps)))}")
     base = _student_train_config(teacher, config)
-    record = {"distill": {**asdict(config), "guidance": guidance}, "teacher_config": teacher.config}
-    lock = _claim(out, config, record, resume, overwrite, note)
+    # the run folder is claimed as training's are: a resume must bring this record's settings
+    record = runlock.RunRecord(RECORD, "distillation", "distill",
+                               {"distill": {**asdict(config), "guidance": guidance}, "teacher_config": teacher.config},
+                               overrides=RESUME_OVERRIDES, parts=("stages",))
+    holder: list[runlock.RunLock] = []
+    runlock.claim_run(out, resume, overwrite, holder, note, record)
     try:
-        return _run(config, out, teacher, guidance, base, note)
+        return _run(config, out, teacher, guidance, base, record, note)
     finally:
-        lock.release()
+        holder[-1].release()
 
 
 def _run(config: DistillConfig, out: Path, teacher: Pipeline, guidance: float, base: TrainConfig,
-         note) -> DistillResult:
-    from .train import train
-
+         record: runlock.RunRecord, note) -> DistillResult:
     stages = config.stages()
     minutes = config.minutes / len(stages) if config.minutes else None
-    done: list[dict] = _read_record(out).get("stages", [])
+    done: list[dict] = record.read(out).get("stages", [])
     prev_model: Path | None = None
     for i, k in enumerate(stages):
         folder = out / "stages" / str(k)
@@ -176,7 +177,7 @@ def _run(config: DistillConfig, out: Path, teacher: Pipeline, guidance: float, b
                                                              "seconds": round(result.seconds, 1),
                                                              "wall_seconds": round(time.perf_counter() - t0, 1),
                                                              "model": str(folder / "model")}]
-            _write_record(out, {"stages": done})
+            record.write(out, {"stages": done})
         prev_model = folder / "model"
     with AtomicFolder(out / "model") as tmp:
         for item in prev_model.iterdir():
@@ -190,8 +191,7 @@ def _objective(config: DistillConfig, teacher: Pipeline, source: Pipeline, scale
     net = copy.deepcopy(source.model).requires_grad_(False).eval()  # channels-last from load(): faster inference
     net.prediction = source.prediction
     guided = net if scale == 1.0 else cfg(net, scale)
-    device = torch.device(_device(config.device))
-    net.to(device)
+    net.to(resolve_device(config.device))
     method = OBJECTIVES[config.method]
     prediction, p_uncond = teacher.prediction, float(teacher.config["training"]["config"].get("p_uncond", 0.1))
 
@@ -206,8 +206,6 @@ def _objective(config: DistillConfig, teacher: Pipeline, source: Pipeline, scale
             "distilled": {"method": config.method, "sampler": sampler, "steps": allowed, "guidance": guidance,
                           "teacher": str(config.teacher), "teacher_sampler": "ddim",
                           "teacher_steps": 2 * k if config.method == "progressive" else k}}
-    from ..models import ModelConfig
-
     return Objective(loss=loss, model_config=ModelConfig.from_dict(teacher.config["model"]),
                      schedule=teacher.schedule, weights={n: v.contiguous() for n, v in source.model.state_dict().items()},
                      context=teacher.context.to_dict(), card=card,
@@ -235,70 +233,6 @@ def _student_train_config(teacher: Pipeline, config: DistillConfig) -> TrainConf
                    snr_gamma=None, epochs=None, sample_every=config.sample_every,
                    checkpoint_every=config.checkpoint_every, log_every=10, seed=config.seed,
                    device=config.device, precision=config.precision, progress=config.progress)
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-# ---------------------------------------------------------------------- the run folder
-def _claim(out: Path, config: DistillConfig, record: dict, resume, overwrite: bool, note) -> runlock.RunLock:
-    """Take ``out``: a new distillation, the continuation of the same one (``resume``), or the old one moved
-    aside (``overwrite``); anything else is refused without touching it."""
-    if out.exists() and not out.is_dir():
-        raise bad_value("out", str(out), "a folder for the distillation (that path is a file)")
-    existed = out.exists()
-    stale: list[str] = []
-    lock = runlock.acquire(out, stale)
-    for text in stale:
-        note(text)
-    try:
-        old = _read_record(out)
-        taken = bool(old) or runlock.holds_run(out) or (out / "stages").exists()
-        if resume is True and not old:
-            raise UsageError(f"{out / RECORD} does not exist (nothing to resume); drop --resume to start")
-        if taken and old and resume:
-            mine = {k: v for k, v in record["distill"].items() if k not in RESUME_OVERRIDES}
-            theirs = {k: v for k, v in old.get("distill", {}).items() if k not in RESUME_OVERRIDES}
-            if mine != theirs:
-                changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-                raise UsageError(f"{out} holds a distillation with other settings ({', '.join(changed)}); resume "
-                                 f"it with the same ones, or use --overwrite")
-            note(f"resuming the distillation in {out}")
-            return lock
-        if taken and not overwrite:
-            raise UsageError(f"folder {out} already holds a run; continue it with --resume, pass --overwrite to "
-                             f"move it aside (to {out.name}.old-<time>), or choose another --out")
-        if taken:
-            lock = runlock.replace_run(out, lock, note)
-        clean_stale_temps(out)
-        _write_record(out, record, fresh=True)
-        return lock
-    except BaseException:
-        lock.release()
-        if not existed:
-            runlock.remove_empty(out)
-        raise
-
-
-def _read_record(out: Path) -> dict:
-    path = out / RECORD
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} could not be read ({e}); move the folder aside or use --overwrite") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{path} is not a distillation record; use --overwrite")
-    return record
-
-
-def _write_record(out: Path, update: dict, fresh: bool = False) -> None:
-    record = {} if fresh else _read_record(out)
-    write_json(out / RECORD, {**record, **update})
 
 
 __all__ = ["DistillConfig", "DistillResult", "distill"]

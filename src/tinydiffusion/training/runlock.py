@@ -3,8 +3,8 @@
 ``OUT/.lock`` holds the owner's PID, host, process start time and command, created with
 ``O_CREAT | O_EXCL`` so that exactly one trainer wins. A lock whose process is gone (same host,
 PID dead or reused by another program) is stale: it is reported and taken over. A live owner, or
-one on another host, is named in the refusal. ``claim_run`` also decides what may happen to a
-folder that already holds a run: resume it, refuse, or (``overwrite``) move it aside.
+one on another host, is named in the refusal. ``claim_run`` also decides, for training and distillation
+alike, what may happen to a folder that already holds a run: resume it, refuse, or (``overwrite``) move it aside.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError, bad_value
-from ..store.files import disk_error
+from ..store.files import clean_stale_temps, disk_error, write_json
 
 LOCK = ".lock"
 RUN_FILES = ("state.pt", "config.json", "metrics.csv", "model", "samples")  # what makes a folder a run
@@ -151,37 +151,104 @@ def move_aside(folder: Path) -> Path:
     return target
 
 
-def claim_run(out: Path, resume: bool | str, overwrite: bool, holder: list, note) -> str:
-    """Rank 0 decides what a trainer does with ``out``: ``resume``, ``fresh`` or ``overwrite`` (or refuses).
-    The lock it takes is appended to ``holder``; ``note`` receives what the caller should tell the user."""
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's settings kept as JSON in its folder (a distillation's ``distill.json``): written whole on a fresh
+    start, and what a resume continues from, which must bring the same settings apart from ``overrides``."""
+
+    file: str  # the record's name in the run folder
+    noun: str  # what such a run is called in messages ("distillation")
+    section: str  # the record's entry that holds the settings a resume compares
+    content: dict  # the record this call writes on a fresh start
+    overrides: tuple[str, ...] = ()  # settings a resume takes from this call rather than from the record
+    parts: tuple[str, ...] = ()  # entries besides RUN_FILES that make a folder such a run ("stages")
+
+    def read(self, out: Path) -> dict:
+        """The record in ``out``, ``{}`` when there is none; an unreadable one is refused."""
+        path = out / self.file
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path} could not be read ({e}); move the folder aside or use --overwrite") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path} is not a {self.noun} record; use --overwrite")
+        return record
+
+    def write(self, out: Path, update: dict, fresh: bool = False) -> None:
+        """Merge ``update`` into the record, atomically; ``fresh``: replace whatever was there."""
+        record = {} if fresh else self.read(out)
+        write_json(out / self.file, {**record, **update})
+
+    def check(self, out: Path, old: dict) -> None:
+        """Refuse to resume the run recorded as ``old`` with other settings, naming each one that changed."""
+        mine = {k: v for k, v in self.content[self.section].items() if k not in self.overrides}
+        theirs = {k: v for k, v in old.get(self.section, {}).items() if k not in self.overrides}
+        if mine != theirs:
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise UsageError(f"{out} holds a {self.noun} with other settings ({', '.join(changed)}); resume "
+                             f"it with the same ones, or use --overwrite")
+
+
+def claim_run(out: Path, resume: bool | str, overwrite: bool, holder: list, note,
+              record: RunRecord | None = None) -> str:
+    """Rank 0 decides what a command does with ``out``: ``resume``, ``fresh`` or ``overwrite`` (or refuses, leaving
+    the folder as it was). The lock it takes is appended to ``holder``; ``note`` receives what the caller should
+    tell the user.
+
+    A training run continues from its state (``state.pt``) and moves an old run aside itself once its data has
+    loaded (``replace_run``). A run with a ``record`` (a distillation, whose caller has checked everything first)
+    continues from the record with the same settings only; on a fresh start the old run is moved aside and the
+    record written here, so ``overwrite`` is then already done."""
     existed = out.exists()
     if existed and not out.is_dir():
-        raise bad_value("out", str(out), "a folder for the run (that path is a file)")
+        raise bad_value("out", str(out), f"a folder for the {record.noun if record else 'run'} (that path is a file)")
     stale: list[str] = []
-    lock = acquire(out, stale)  # refuses if another trainer owns it; a dead one's lock is taken over
+    lock = acquire(out, stale)  # refuses if another process owns it; a dead one's lock is taken over
     for text in stale:
         note(text)
-    has_state, has_run = (out / "state.pt").is_file(), holds_run(out)
     try:
-        if resume is True and not has_state:
-            raise UsageError(f"training state {out / 'state.pt'} does not exist (nothing to resume); "
-                             f"drop --resume to start a new run, or use --resume auto")
-        if has_state and resume:
-            holder.append(lock)
-            return "resume"
-        if has_run and not (overwrite or (resume == "auto" and not (out / "model").exists())):
-            what = "a training state" if has_state else "an exported model" if (out / "model").exists() else "a run"
-            raise UsageError(f"run folder {out} already holds {what}; continue it with --resume, pass --overwrite "
-                             f"to move it aside (to {out.name}.old-<time>), or choose another --out")
-    except UsageError:
+        mode = _decide(out, resume, overwrite, record, note)
+        if record is not None and mode != "resume":
+            if mode == "overwrite":
+                lock = replace_run(out, lock, note)
+            clean_stale_temps(out)  # left by a writer killed mid-write; we hold the lock, nobody else writes
+            record.write(out, record.content, fresh=True)
+    except BaseException:
         lock.release()
         if not existed:
             remove_empty(out)
         raise
     holder.append(lock)
-    if resume == "auto":
+    return mode
+
+
+def _decide(out: Path, resume: bool | str, overwrite: bool, record: RunRecord | None, note) -> str:
+    """The one rule for a folder that may hold a run: resume it only when asked and there is something to resume;
+    refuse a folder that holds a run unless it may be moved aside (``overwrite``) or, for training with
+    ``resume="auto"``, the run never got as far as a state or a model (it is started again)."""
+    old = record.read(out) if record else {}
+    saved = bool(old) if record else (out / "state.pt").is_file()
+    if resume is True and not saved:
+        raise UsageError(f"{out / record.file} does not exist (nothing to resume); drop --resume to start" if record
+                         else f"training state {out / 'state.pt'} does not exist (nothing to resume); drop --resume "
+                              f"to start a new run, or use --resume auto")
+    if saved and resume:
+        if record:
+            record.check(out, old)
+            note(f"resuming the {record.noun} in {out}")
+        return "resume"
+    taken = holds_run(out) or saved or any((out / part).exists() for part in (record.parts if record else ()))
+    restart = resume == "auto" and record is None and not (out / "model").exists()
+    if taken and not (overwrite or restart):
+        what = "a training state" if saved else "an exported model" if (out / "model").exists() else "a run"
+        where = f"folder {out} already holds a run" if record else f"run folder {out} already holds {what}"
+        raise UsageError(f"{where}; continue it with --resume, pass --overwrite to move it aside (to "
+                         f"{out.name}.old-<time>), or choose another --out")
+    if resume == "auto" and record is None:
         note(f"no training state in {out}: starting a fresh run")
-    return "overwrite" if has_run and overwrite else "fresh"
+    return "overwrite" if taken and overwrite else "fresh"
 
 
 def replace_run(out: Path, lock: RunLock, note) -> RunLock:

@@ -1,4 +1,4 @@
-"""What a training run writes and shows as it goes: ``metrics.csv`` and the tqdm progress bar."""
+"""What a training run writes and shows as it goes: ``metrics.csv``, the tqdm progress bar and one-line notes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,28 @@ import io
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UsageError
 from ..store.files import disk_error, write_text
 
 LOG_INTERVAL_S = 10.0  # when stderr is a log file rather than a terminal: one progress line at most this often
+
+
+@dataclass
+class Notes:
+    """One-line notices (a resume, a stale lock taken over, a stop): kept for the result, and handed to ``notify``
+    as they happen so that the CLI prints them while the run goes on."""
+
+    notify: Callable[[str], None] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def __call__(self, text: str) -> None:
+        self.lines.append(text)
+        if self.notify:
+            self.notify(text)
 
 
 class MetricsLog:

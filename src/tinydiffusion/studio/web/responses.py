@@ -12,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import UsageError
-from .errors import NotFound, QueueFull
-from .jobs import INTERNAL, Job, JobQueue
+from ...errors import UsageError
+from ..catalog import NotFound
+from ..work.jobs import INTERNAL, Job, JobQueue, QueueFull
 
 log = logging.getLogger("tinydiffusion.studio")
 

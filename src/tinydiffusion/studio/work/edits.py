@@ -1,6 +1,6 @@
 """The studio's Edit: ``POST /api/edit/stream`` takes the sampling parameters plus ``image`` (and ``mask``) as
 base64 PNG/JPEG data URLs and ``strength``, checks them all before queueing (the library's messages), and runs
-``editing.plan_edit``/``run_edit`` on the worker with live frames like ``/api/stream``.
+``edit_plans.plan_img2img``/``plan_inpaint`` and ``run_edit`` on the worker with live frames like ``/api/stream``.
 
 Pictures are decoded like ``tinydiffusion edit`` reads files (``imagefile.read_image``: PNG/JPEG only, the
 header checked against decompression bombs before any pixel is decoded, centre-cropped to the model's size);
@@ -14,16 +14,25 @@ import binascii
 import io
 import json
 import re
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..errors import UsageError, bad_value
+from ... import checks
+from ...core.edit import check_strength, repaint_nfe, tail_length
+from ...errors import UsageError, bad_value
+from ...sampling.edit_plans import plan_img2img, plan_inpaint, run_edit
+from ...sampling.outputs import context_arrays
+from ...store.imagefile import BadImageFile, read_image
+from ...store.pictures import beside, mask_picture, to_float, to_uint8
 from . import encode
-from .params import SampleParams, for_model, parse, resolve
+from .frames import Frames, rows
+from .jobs import Result
+from .params import MAX_IMAGES, SampleParams, for_model, parse, resolve
 
 MAX_PICTURE = 2 * 2**20  # bytes of one decoded image or mask file
 MAX_EDIT_BODY = 6 * 2**20  # bytes of the JSON body: two base64 pictures and the parameters
@@ -46,9 +55,6 @@ class EditParams:
 
 def parse_edit(raw: Mapping[str, Any], config: dict | None = None) -> tuple[SampleParams, dict]:
     """The sampling part (``params.parse``) and the edit's own raw values, shape-checked; ``n`` <= 16."""
-    from .. import checks
-    from ..core import edit
-
     if not isinstance(raw, Mapping):
         raise UsageError(f"the request body is {type(raw).__name__}; expected a JSON object with model, image, ...")
     p = parse({k: v for k, v in raw.items() if k not in EDIT_KEYS}, allow=())
@@ -58,16 +64,12 @@ def parse_edit(raw: Mapping[str, Any], config: dict | None = None) -> tuple[Samp
         raise bad_value("image", None, "a PNG or JPEG picture as a data URL (data:image/png;base64,...)")
     strength = raw.get("strength")
     if strength is not None:
-        strength = edit.check_strength(strength)
+        strength = check_strength(strength)
     return p, {"image": raw["image"], "mask": raw.get("mask"), "strength": strength}
 
 
 def decode(name: str, value: Any, size: int, *, mask: bool = False) -> np.ndarray:
     """uint8 ``[size, size, 3]`` (or for the mask bool ``[size, size]``, true = keep) from a data URL."""
-    from PIL import Image
-
-    from ..store.imagefile import BadImageFile, read_image
-
     if not isinstance(value, str):
         raise bad_value(name, type(value).__name__, "a PNG or JPEG picture as a data URL (data:image/png;base64,...)")
     head = _DATA_URL.match(value[:80])
@@ -120,8 +122,6 @@ def checked_edit(raw: Any, entry) -> EditParams:
                         f"no mask with this model: it is a student distilled for the {d['sampler']} sampler only; "
                         f"omit the mask (img2img), or inpaint with its teacher")
     if keep is not None and p.sampler not in (None, "ddpm"):  # inpainting is RePaint over DDPM steps
-        from dataclasses import replace
-
         p = replace(p, sampler="ddpm", eta=None)
     return EditParams(p, picture, keep, strength)
 
@@ -129,51 +129,35 @@ def checked_edit(raw: Any, entry) -> EditParams:
 def walked(settings: dict[str, Any]) -> int:
     """The sampler steps an edit walks (one callback, one frame each): the tail ``round(strength · steps)`` of the
     grid, plus RePaint's jumps back. Not ``nfe``, which counts a guided step's two halves."""
-    from ..core.edit import repaint_nfe, tail_length
-
     k = tail_length(settings["strength"], settings["steps"])
     return repaint_nfe(k, settings["jump_length"], settings["resample"]) if "jump_length" in settings else k
 
 
 def run(job, pipe) -> dict[str, Any]:
     """The worker's part: plan (the library's checks), run with live frames, keep the downloads."""
-    from ..sampling.editing import beside, mask_picture, plan_edit, run_edit, to_float
-    from ..store.pictures import to_uint8
-    from .jobs import Result
-    from .runner import MAX_IMAGES, Frames, rows
-
     e: EditParams = job.params
     p = e.p
     names, context = rows(pipe, p)
     sampler, steps, guidance = resolve(p, pipe.config)
     if e.keep is not None:
-        sampler, steps = "ddpm", p.steps  # plan_edit: RePaint's own default steps unless given
+        sampler, steps = "ddpm", p.steps  # plan_inpaint: RePaint's own default steps unless given
     options = p.options() if sampler == "ddim" else {}
-    plan = plan_edit(pipe, to_float(e.picture), context, None if e.keep is None else torch.from_numpy(e.keep),
-                     strength=e.strength, n=p.n, seed=p.seed, sampler=sampler, steps=steps, guidance=guidance,
-                     guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **options)
+    shared = dict(strength=e.strength, n=p.n, seed=p.seed, sampler=sampler, steps=steps, guidance=guidance,
+                  guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **options)
+    plan = plan_img2img(pipe, to_float(e.picture), context, **shared) if e.keep is None else \
+        plan_inpaint(pipe, to_float(e.picture), torch.from_numpy(e.keep), context, **shared)
     s = plan.settings
-    frames = Frames(job, walked(s), p.n, stream=True)
-    frames.per_step = 2 if plan.plan.guided else 1  # frames report network evaluations, as the library counts them
-    parts = []
-    for _, x in run_edit(pipe, plan, callback=lambda i, t, x_t, x0: frames(frames.calls, t, x_t, x0)):
-        parts.append(x)
-    seconds = time.perf_counter() - frames.t0
-    images = to_uint8(torch.cat(parts))  # [R·n, S, S, 3]
+    frames = Frames(job, walked(s), p.n, stream=True, renumber=True)
+    x, seconds = frames.run(partial(run_edit, pipe, plan), plan.plan)
+    images = to_uint8(x)  # [R·n, S, S, 3]
     shown = [e.picture] + ([] if e.keep is None else [mask_picture(e.keep)])
     metadata = {**p.metadata(), "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"],
                 "strength": s["strength"], "rows": names, "nfe": s["nfe"], "seconds": round(seconds, 3),
                 "inpaint": e.keep is not None, "job": job.id}
     ncol = p.n + len(shown)
     grid = encode.png(beside(images, shown, p.n), ncol, text={"tinydiffusion": json.dumps(metadata)})
-    contexts = np.zeros((len(images), pipe.context.width), np.float32) if plan.plan.rows is None else \
-        plan.plan.rows.repeat_interleave(p.n, dim=0).numpy().astype(np.float32)
-    labels = [pipe.context.label_of(r) for r in names]
-    labels = np.repeat(np.array(labels, np.int64), p.n) if names and None not in labels else None
-    job.result = Result(images, contexts, labels, metadata, frames.kept, grid, p.n)
+    arrays = context_arrays(names, plan.plan.rows, p.n, pipe.context, len(images))
+    job.result = Result(images, arrays["contexts"], arrays.get("labels"), metadata, frames.kept, grid, p.n)
     return {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": s["nfe"],
             "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"], "strength": s["strength"],
-            "inpaint": e.keep is not None, "rows": names, "n": p.n, "ncol": ncol,
-            "downloads": {"png": f"/api/jobs/{job.id}/grid.png", "npz": f"/api/jobs/{job.id}/samples.npz",
-                          "gif": f"/api/jobs/{job.id}/anim.gif"}}
-
+            "inpaint": e.keep is not None, "rows": names, "n": p.n, "ncol": ncol, "downloads": job.download_urls}

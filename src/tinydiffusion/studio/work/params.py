@@ -13,9 +13,12 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
-from .. import checks
-from ..errors import UsageError, bad_value
-from ..vocab import SAMPLERS, default_steps
+from ... import checks
+from ...conditioning.spec import ContextSpec
+from ...core.samplers import get_sampler
+from ...core.schedule import Schedule
+from ...errors import UsageError, bad_value
+from ...sampling import card
 
 MAX_IMAGES = 64  # images in one request, all rows together
 MAX_ROWS = 8  # context rows (a list of contexts)
@@ -100,41 +103,25 @@ def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str,
 
 def sampler_options(sampler: str, p: SampleParams) -> dict[str, Any]:
     """The options ``sampler`` gets from ``p``, checked by the library (an option it does not take is refused)."""
-    from ..sampling.pipeline import get_sampler
-
     get_sampler(sampler, p.options())
     return p.options()
 
 
 def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
-    """``(sampler, steps, guidance)``: the request's values, else the model card's (``recommended``), else the
-    sampler's own defaults. The card's steps come only with its sampler, as in ``Pipeline.resolve`` (for a
-    distilled student, also when the request names the student's own sampler)."""
-    card = config.get("recommended") or {}
-    T = int(config["schedule"]["T"])
-    sampler, steps = p.sampler, p.steps
-    if sampler is None or (config.get("distilled") and sampler == card.get("sampler")):
-        sampler = card.get("sampler", "ddpm")
-        steps = card.get("steps") if steps is None else steps
-    guidance = float(card.get("guidance", 1.0)) if p.guidance is None else p.guidance
-    if steps is None:
-        steps = default_steps(sampler, T) if sampler in SAMPLERS else None
-    return sampler, steps, guidance
+    """``(sampler, steps, guidance)`` of a request: the library's ``card.resolve`` (the model card's settings where
+    the request gives none)."""
+    return card.resolve(config, p.sampler, p.steps, p.guidance)
 
 
 def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
     """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits,
     class names, image count."""
-    from ..conditioning.spec import ContextSpec
-    from ..sampling.pipeline import check_distilled  # the library's refusals, before any weights are read
-    from ..core.schedule import Schedule
-
     sampler, steps, guidance = resolve(p, config)
     sampler_options(sampler, p)
     if steps is not None:
         Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
-    check_distilled(config.get("distilled"), sampler, steps, guidance, p.guidance_rescale,
-                    sampler_options(sampler, p))
+    card.check_distilled(config.get("distilled"), sampler, steps, guidance, p.guidance_rescale,
+                         sampler_options(sampler, p))
     context = config.get("context") or {"kind": "none", "width": 0}
     rows = 1 if p.context_to is not None else len(p.context) if p.context is not None else \
         max(1, min(MAX_ROWS, default_rows))  # the default rows: the first 8 classes or example captions
@@ -148,12 +135,10 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
 
 def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:
     """Compare's ``settings``: 2..4 ``SAMPLER:STEPS`` strings (steps <= T when ``T`` is given)."""
-    from ..quality.compare import parse_setting
-
     if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not 2 <= len(raw) <= MAX_SETTINGS:
         raise bad_value("settings", _short(raw), f"a list of 2 to {MAX_SETTINGS} SAMPLER:STEPS strings such as "
                                                  f"['ddpm:500', 'dpmpp_2m:10']")
-    parsed = [parse_setting(s if isinstance(s, str) else repr(s)[:40]) for s in raw]
+    parsed = [card.parse_setting(s if isinstance(s, str) else repr(s)[:40]) for s in raw]
     for text, (_, steps) in zip(raw, parsed):
         if T is not None and steps > T:
             raise bad_value("settings", text, f"steps in 1..{T} (this model's T)")

@@ -1,4 +1,5 @@
-"""``/docs``: the OpenAPI description as one self-contained HTML page (no CDN, no script), so it works offline."""
+"""``/docs``: the OpenAPI description as one self-contained HTML page (no CDN, no script), so it works offline;
+and what the routes add to that description (their parameters, JSON bodies and examples)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ pre{padding:.6em;overflow:auto}.op{border:1px solid #d8dce6;border-radius:8px;ma
 .m{display:inline-block;min-width:4.5em;font-weight:700;color:#fff;border-radius:4px;text-align:center;margin-right:.6em}
 .get{background:#2f7d4f}.post{background:#2f5fa8}table{border-collapse:collapse}td,th{padding:.2em .8em .2em 0;
 text-align:left;vertical-align:top}.muted{color:#667}"""
+PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero=1,item=0.6, none, or a prompt; "
+              "repeat for more rows", "context_to": "blend the context towards this one", "mix": "blend weight 0..1",
+              "sampler": "ddpm, ddim, dpmpp_2m, euler or consistency (a distilled student: only its own)",
+              "steps": "1..T (a distilled student: its step counts)",
+              "guidance": "finite, >= 0 (a distilled student: only the scale folded into it)",
+              "guidance_rescale": "0..1", "eta": "0..1, ddim only", "seed": "int >= 0", "n": "images per row, 1..64"}
+EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
+             "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
+             "strength": "(0, 1]; default 0.6 (img2img) or 1 (inpainting)", "n": "images per row, 1..16"}
+EXAMPLE = {"model": "sprites", "context": ["hero", "hero=1,item=0.6"], "sampler": "dpmpp_2m", "steps": 10,
+           "guidance": 3, "seed": 0, "n": 4}
 
 
 def page(spec: dict[str, Any]) -> str:
@@ -28,6 +40,20 @@ def page(spec: dict[str, Any]) -> str:
             parts.append(_operation(path, method, op))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def body_docs(example: dict, edit: bool = False) -> dict:
+    """A route's ``openapi_extra``: its JSON body's keys (the edit's too when ``edit``) and an example."""
+    docs = {**PARAM_DOCS, **(EDIT_DOCS if edit else {})}
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": {k: {"description": v} for k, v in docs.items()}},
+        "example": example}}}}
+
+
+def query_docs() -> dict:
+    """A route's ``openapi_extra``: the sampling parameters as query strings (``/api/stream``)."""
+    return {"parameters": [{"name": k, "in": "query", "description": v, "schema": {"type": "string"}}
+                           for k, v in PARAM_DOCS.items()]}
 
 
 def _operation(path: str, method: str, op: dict[str, Any]) -> str:

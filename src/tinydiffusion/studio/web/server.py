@@ -1,27 +1,34 @@
 """``tinydiffusion serve``: check the settings, warn about exposure, run the app on uvicorn.
 
-Imports nothing heavy at module level: a missing ``serve`` extra is reported as a ``UsageError`` naming it.
+Imported by the CLI's ``serve`` handler only. Without the ``serve`` extra (FastAPI, uvicorn) the app cannot be
+imported; ``serve`` then raises a ``UsageError`` naming the missing module, before anything starts.
 """
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .. import checks
-from ..errors import UsageError, bad_value
+from ... import checks
+from ...errors import UsageError, bad_value
 
 EXTRA_HINT = "the studio needs the optional extra: pip install 'tinydiffusion[serve]'"
+EXTRA_MODULES = ("fastapi", "uvicorn")  # what the extra installs (FastAPI brings starlette and pydantic)
 MAX_CONNECTIONS = 64  # open connections uvicorn serves at once; beyond that it answers 503 itself
+
+try:
+    from .app import create_app
+except ModuleNotFoundError as e:  # the extra is missing: check_extra() says which module, serve() never starts
+    if (e.name or "").split(".")[0] not in EXTRA_MODULES + ("starlette", "pydantic"):
+        raise
 
 
 def check_extra() -> None:
-    import importlib
-
-    for module in ("fastapi", "uvicorn"):
+    for module in EXTRA_MODULES:
         try:
             importlib.import_module(module)
         except ImportError:
@@ -57,9 +64,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, runs: Sequence[str] = (), d
         if not Path(folder).is_dir():
             raise bad_value("runs", folder, "an existing folder of training runs (e.g. runs)")
     check_extra()
-    import uvicorn
-
-    from .app import create_app
+    import uvicorn  # the extra, present: check_extra() above
 
     app = create_app(list(runs), device=device, queue_size=queue)
     if not logging.getLogger("tinydiffusion.studio").handlers:

@@ -8,16 +8,15 @@ import json
 from typing import Any, Sequence
 
 import numpy as np
+from PIL.PngImagePlugin import PngInfo
 
-from ..store.pictures import display_scale, grid
+from ...store.pictures import display_scale, grid
 
 
 def png(images: np.ndarray, ncol: int, *, fast: bool = False, text: dict[str, str] | None = None) -> bytes:
     """uint8 ``[N, H, W, 3]`` as one PNG grid, row by row, enlarged to about 64 px per image.
 
     ``fast`` (live frames) trades size for time: zlib level 1, no filter search."""
-    from PIL.PngImagePlugin import PngInfo
-
     picture = grid(images, ncol, scale=display_scale(images.shape[1]))
     info = PngInfo()
     for key, value in (text or {}).items():

@@ -20,13 +20,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import UsageError
-from .errors import Cancelled, NotFound, QueueFull
+from ...errors import UsageError
+from ..catalog import NotFound
 
 log = logging.getLogger("tinydiffusion.studio")
 KEEP_JOBS = 32  # finished jobs whose results can be downloaded
 KEEP_BYTES = 256 * 2**20  # and at most this much memory for them (the oldest go first)
 INTERNAL = "internal error (see the server log)"
+
+
+class QueueFull(Exception):
+    """The work queue is full: 429 with ``Retry-After`` (seconds)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """Raised inside the sampler callback to stop a cancelled job (never reaches a client as a traceback)."""
 
 
 @dataclass
@@ -47,7 +59,7 @@ class Result:
 
 
 class Job:
-    """One request's work: ``kind`` is ``sample``, ``stream`` or ``compare``."""
+    """One request's work: ``kind`` is ``sample``, ``stream``, ``compare`` or ``edit``."""
 
     def __init__(self, kind: str, params: Any, entry: Any, settings: list | None = None, want_images: bool = False):
         self.id, self.kind, self.params, self.entry, self.settings = "", kind, params, entry, settings
@@ -89,6 +101,12 @@ class Job:
                 return "error", {"error": "the client disconnected", "status": 499}
             if event[0] in ("done", "error"):
                 return event
+
+    @property
+    def download_urls(self) -> dict[str, str]:
+        """Where a finished job's files are fetched (``web/downloads.py``), for its ``done`` event."""
+        return {"png": f"/api/jobs/{self.id}/grid.png", "npz": f"/api/jobs/{self.id}/samples.npz",
+                "gif": f"/api/jobs/{self.id}/anim.gif"}
 
     def status(self) -> dict[str, Any]:
         return {"job": self.id, "kind": self.kind, "state": self.state, "model": getattr(self.params, "model", None),

@@ -1,0 +1,83 @@
+"""The model card: the sampling settings a model recommends (``config.json`` ``recommended``) and, for a
+distilled student, the only ones it supports (``distilled``). One resolver serves the library, the CLI and
+the studio, so a setting left out means the same everywhere.
+
+Resolution: a sampler, step count or guidance scale that is given wins; one left out comes from the card;
+steps left out come from the card when the sampler is the card's (given or not), else from the sampler's
+own default (``vocab.DEFAULT_STEPS``). A model exported without a card recommends the textbook DDPM over
+all ``T`` steps, unguided.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError, bad_value
+from ..vocab import SAMPLERS, UNGUIDED, default_steps
+
+TRAINED_SAMPLER, TRAINED_STEPS, TRAINED_GUIDANCE = "dpmpp_2m", 10, 3.0  # what train writes on a new model's card
+
+
+def recommended(config: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``{"sampler", "steps", "guidance"}``; DDPM over all T, unguided, when the model has none."""
+    card = config.get("recommended") or {}
+    return {"sampler": card.get("sampler", "ddpm"), "steps": card.get("steps"),
+            "guidance": float(card.get("guidance", UNGUIDED))}
+
+
+def resolve(config: dict[str, Any], sampler: str | None = None, steps: int | None = None,
+            guidance: float | None = None, T: int | None = None) -> tuple[str, int | None, float]:
+    """``(sampler, steps, guidance)`` of a request on the model whose ``config.json`` is ``config`` (and whose
+    schedule has ``T`` steps, default the config's): what is given, else the card's; steps of the card only with
+    its sampler, else the sampler's own default."""
+    card = recommended(config)
+    sampler = card["sampler"] if sampler is None else sampler
+    if steps is None and sampler == card["sampler"]:
+        steps = card["steps"]
+    if steps is None and sampler in SAMPLERS:
+        steps = default_steps(sampler, int(config["schedule"]["T"] if T is None else T))
+    return sampler, steps, card["guidance"] if guidance is None else guidance
+
+
+def for_training(context_kind: str, p_uncond: float, T: int) -> dict[str, Any]:
+    """The card a training run writes: DPM-Solver++(2M) in 10 steps, guided (3) when the network also learned the
+    unconditional model (context dropout); the compare table and the recipe study measured these best."""
+    guided = context_kind != "none" and p_uncond > 0
+    return {"sampler": TRAINED_SAMPLER, "steps": min(TRAINED_STEPS, T),
+            "guidance": TRAINED_GUIDANCE if guided else UNGUIDED}
+
+
+def check_distilled(distilled: dict[str, Any] | None, sampler: str, steps: int | None, guidance: float,
+                    guidance_rescale: float = 0.0, options: dict[str, Any] | None = None) -> None:
+    """Refuse, naming the setting, what a student with this ``distilled`` card was not trained for: another
+    sampler, step count or guidance scale (it is inside the network), guidance rescale, another time grid,
+    DDIM noise. ``None`` (an ordinary model) passes. The studio calls it before any weights are read."""
+    d, options = distilled, options or {}
+    if not d:
+        return
+    counts = ", ".join(map(str, d["steps"]))
+    what = (f"this model is a student distilled ({d['method']}) for the {d['sampler']} sampler in {counts} "
+            f"step(s) with guidance {d['guidance']:g} folded into the network")
+    if sampler != d["sampler"]:
+        raise UsageError(f"sampler={sampler!r} is not one this model supports: {what} (omit the sampler to use it)")
+    if steps not in d["steps"]:
+        raise UsageError(f"steps={steps!r} is not one this model supports: {what}")
+    if guidance != d["guidance"]:
+        raise UsageError(f"guidance={guidance:g} is not one this model supports: {what}; another scale needs "
+                         f"another distillation (tinydiffusion distill TEACHER --guidance W)")
+    if guidance_rescale:
+        raise UsageError(f"guidance_rescale={guidance_rescale:g} is not one this model supports: {what}")
+    if options.get("spacing", "trailing") != "trailing":
+        raise bad_value("spacing", options["spacing"], "'trailing' (the grid this student was distilled on)")
+    if options.get("eta", 0):
+        raise bad_value("eta", options["eta"], "0: this student was distilled for deterministic DDIM steps")
+
+
+def parse_setting(text: str) -> tuple[str, int]:
+    """``"ddim:50"`` to ``("ddim", 50)``; anything else is refused naming it (steps <= T is checked with the model)."""
+    name, colon, steps = str(text).partition(":")
+    steps = steps.strip()
+    if not colon or name.strip() not in SAMPLERS or not (steps.isascii() and steps.isdigit()) or int(steps) < 1:
+        raise bad_value("settings", text, f"SAMPLER:STEPS such as ddim:50 or dpmpp_2m:10, with SAMPLER one of "
+                                          f"{', '.join(SAMPLERS)} and STEPS a positive integer")
+    return name.strip(), int(steps)

@@ -1,0 +1,100 @@
+"""The routes that queue work on the worker: a grid (``/api/sample``), live frames (``/api/stream``), an edit
+with live frames (``/api/edit/stream``) and a comparison of settings (``/api/compare``). Every value is checked
+before the job is queued (422 with the library's message). The streams report their errors as an ``error``
+event instead of an HTTP status, since a browser's ``EventSource`` cannot read the body of a failed response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ...errors import UsageError
+from ...sampling import card
+from ..catalog import ModelEntry
+from ..work.edits import MAX_EDIT_BODY, checked_edit, parse_edit
+from ..work.jobs import Job, QueueFull
+from ..work.params import SampleParams, parse, resolve, settings
+from .apidocs import EXAMPLE, body_docs, query_docs
+from .intake import StudioDep, read_json
+from .responses import error_parts, events, single_event, sse_response
+
+router = APIRouter()
+
+
+@router.post("/api/sample", summary="sample a grid: image/png, or JSON with base64 images (Accept: application/json)",
+             openapi_extra=body_docs(EXAMPLE))
+async def sample(request: Request, s: StudioDep):
+    p = parse(await read_json(request))
+    want_json = "application/json" in request.headers.get("accept", "")
+    job = Job("sample", p, s.checked(p), want_images=want_json)
+    s.jobs.submit(job)
+    event, data = await job.outcome(request, lambda: s.jobs.cancel(job.id))
+    if event == "error":
+        return JSONResponse({"error": data["error"]}, status_code=data.get("status", 500))
+    if want_json:
+        return JSONResponse(data)
+    return Response(job.result.grid_png, media_type="image/png",
+                    headers={"X-Job": job.id, "X-Seconds": str(data["seconds"]), "X-NFE": str(data["nfe"])})
+
+
+@router.get("/api/stream", summary="sample with live frames (Server-Sent Events: queued, frame…, done | error)",
+            openapi_extra=query_docs())
+async def stream(request: Request, s: StudioDep):
+    try:
+        raw: dict[str, Any] = {}
+        for key, value in request.query_params.multi_items():
+            if key == "context":
+                raw.setdefault(key, []).append(value)
+            else:
+                raw[key] = value
+        p = parse(raw, from_query=True)
+        job = Job("stream", p, s.checked(p))
+        position = s.jobs.submit(job)
+    except (UsageError, QueueFull) as e:
+        status, body, _ = error_parts(e)
+        return sse_response(single_event("error", {**body, "status": status}))
+    return sse_response(events(request, s.jobs, job, position))
+
+
+@router.post("/api/edit/stream", summary="edit an image (img2img, or inpainting with a mask) with live frames "
+                                         "(Server-Sent Events: queued, frame…, done | error)",
+             openapi_extra=body_docs({**EXAMPLE, "n": 2, "image": "data:image/png;base64,…", "mask": None,
+                                      "strength": 0.6}, edit=True))
+async def edit_stream(request: Request, s: StudioDep):
+    raw = await read_json(request, MAX_EDIT_BODY, "a JSON object with model, image, mask, strength and sampling "
+                                                  "parameters")
+    entry = s.checked(parse_edit(raw)[0])
+    job = Job("edit", checked_edit(raw, entry), entry)
+    position = s.jobs.submit(job)  # QueueFull: 429 JSON, like the other POSTs
+    return sse_response(events(request, s.jobs, job, position))
+
+
+@router.post("/api/compare", summary="the same seeds through 2–4 SAMPLER:STEPS settings",
+             openapi_extra=body_docs({**EXAMPLE, "settings": ["ddpm:500", "dpmpp_2m:10"]}))
+async def compare(request: Request, s: StudioDep):
+    raw = await read_json(request)
+    p = parse(raw, allow=("settings",))
+    entry = s.checked(replace(p, sampler=None, steps=None, eta=None))
+    T = entry.config["schedule"]["T"]
+    chosen = settings(raw.get("settings") if isinstance(raw, dict) else None, T)
+    _student_settings(entry, p, chosen)
+    job = Job("compare", p, entry, settings=chosen)
+    s.jobs.submit(job)
+    event, data = await job.outcome(request, lambda: s.jobs.cancel(job.id))
+    if event == "error":
+        return JSONResponse({"error": data["error"]}, status_code=data.get("status", 500))
+    return JSONResponse(data)
+
+
+def _student_settings(entry: ModelEntry, p: SampleParams, chosen: list[tuple[str, int]]) -> None:
+    """Compare's settings against a distilled student's limits (its sampler and step counts), refused by name."""
+    _, _, guidance = resolve(p, entry.config)
+    for sampler, steps in chosen:
+        try:
+            card.check_distilled(entry.config.get("distilled"), sampler, steps, guidance, p.guidance_rescale)
+        except UsageError as e:
+            raise UsageError(f"settings={f'{sampler}:{steps}'!r}: {e}") from None
