@@ -32,6 +32,7 @@ LAYERS = (
     ("conditioning",),
     ("sampling",),
     ("quality",),
+    ("export",),
     ("training",),
     ("studio",),
     ("cli", "__main__"),
