@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/tinydiffusion sample sprites-fast --n 2 --out $(RUN)/shipped_fast4.png
 	@echo "== 3. A short training run on the embedded sprites ($(MINUTES) minutes on this machine)"
 	$(BIN)/tinydiffusion data info
-	$(BIN)/tinydiffusion train --out $(RUN)/train --minutes $(MINUTES)
+	$(BIN)/tinydiffusion train --out $(RUN)/train --minutes $(MINUTES) --overwrite  # a rerun moves the last run aside, inside $(RUN)
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddpm --out $(RUN)/train_ddpm500.png \
 		--gif $(RUN)/train_ddpm500.gif
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 50 --out $(RUN)/train_ddim50.png

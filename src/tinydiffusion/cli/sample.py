@@ -66,6 +66,8 @@ def _sample(args) -> int:
             "the textbook DDPM over all steps: --sampler ddpm --guidance 1"
         print(f"the model card's recommendation for {' and '.join(carded)}: {used['sampler']}{steps}, guidance "
               f"{used['guidance']:g} ({other})")
+    if result.note:
+        print(result.note)
     print(f"{result.count} images with {used['sampler']}, {result.nfe} network evaluations each: "
           f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
     _wrote(result.paths)

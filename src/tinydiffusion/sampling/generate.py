@@ -129,6 +129,7 @@ class SampleResult:
     rows: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # the sampler, steps and guidance used (the card's, where not given)
     distilled: bool = False  # the model is a few-step student (distill.py)
+    note: str | None = None  # what the plan decided that was not asked for (e.g. guidance skipped)
 
 
 def sample_to_files(config: SampleConfig, pipeline: Pipeline | None = None) -> SampleResult:
@@ -169,7 +170,7 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
                         "model_prediction": pipe.prediction, "schedule_used": pipe.schedule.to_dict()}
             if tmp is not None and info.is_main:
                 write_text(tmp / "metadata.json", json.dumps(metadata) + "\n")
-    result = SampleResult([], seconds, metadata["nfe"], plan.count, rows, settings, bool(pipe.distilled))
+    result = SampleResult([], seconds, metadata["nfe"], plan.count, rows, settings, bool(pipe.distilled), plan.note)
     if not info.is_main:
         return result
     pictures = np.concatenate(gathered) if gathered else None

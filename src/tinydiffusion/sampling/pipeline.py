@@ -95,8 +95,11 @@ class Pipeline:
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
                sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
                guidance: float | None = None, guidance_rescale: float = 0.0, precision: str = "fp32",
-               callback: Callable | None = None, **options: Any) -> torch.Tensor:
+               callback: Callable | None = None, raw: bool = False, **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
+
+        The sampler's final ``x0`` is clipped to the data's range ``[-1, 1]`` (as every file output is);
+        ``raw=True`` returns it unclipped (a guided sample overshoots, e.g. -1.6 to 2.3 at guidance 2).
 
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
@@ -109,7 +112,7 @@ class Pipeline:
         checks.memory("n" if seeds is None else "seeds", n if seeds is None else f"{len(job.seeds)} seeds",
                       job.count * job.image_bytes + plans.batch_bytes(self, job),
                       f"{job.count} float32 images plus a network batch")
-        return torch.cat([x for _, x in self.run(job, callback=callback)])
+        return _images(torch.cat([x for _, x in self.run(job, callback=callback)]), raw)
 
     def plan(self, context: ContextLike = None, **kwargs: Any) -> SamplePlan:
         """The arguments of ``sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet."""
@@ -123,7 +126,7 @@ class Pipeline:
     # ------------------------------------------------------------------ editing (core/edit.py, edit_plans.py)
     def img2img(self, images: torch.Tensor, context: ContextLike = None, *, strength: float, n: int = 1,
                 seed: int = 0, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-                callback: Callable | None = None, **options: Any) -> torch.Tensor:
+                callback: Callable | None = None, raw: bool = False, **options: Any) -> torch.Tensor:
         """SDEdit: ``images`` ``[3, H, W]`` or ``[B, 3, H, W]`` in ``[-1, 1]`` re-dressed with ``context``,
         ``[R·n, 3, H, W]`` (row ``r`` edits input ``r`` with context row ``r``; one of either serves every row;
         column ``j`` has seed ``seed + j``). ``strength`` in ``(0, 1]`` runs the last ``round(strength·steps)``
@@ -131,27 +134,34 @@ class Pipeline:
         the rule is in ``core/edit.py``)."""
         job = plan_img2img(self, images, context, strength=strength, n=n, seed=seed, sampler=sampler, steps=steps,
                            guidance=guidance, **options)
-        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+        return _images(torch.cat([x for _, x in run_edit(self, job, callback=callback)]), raw)
 
     def inpaint(self, images: torch.Tensor, mask: torch.Tensor, context: ContextLike = None, *, n: int = 1,
                 seed: int = 0, steps: int | None = None, guidance: float | None = None, jump_length: int = 10,
-                resample: int = 1, strength: float = 1.0, callback: Callable | None = None,
+                resample: int = 1, strength: float = 1.0, callback: Callable | None = None, raw: bool = False,
                 **options: Any) -> torch.Tensor:
         """RePaint: regenerate where ``mask`` (``[H, W]``, ``[1, H, W]`` or one per row; 1 = keep, 0 = generate)
         is 0, over DDPM steps (default 50), the kept pixels exact; ``resample > 1`` jumps back ``jump_length``
         steps ``resample - 1`` times at every ``jump_length``-th step (better harmony, more network evaluations)."""
         job = plan_inpaint(self, images, mask, context, strength=strength, n=n, seed=seed, steps=steps,
                            guidance=guidance, jump_length=jump_length, resample=resample, **options)
-        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+        return _images(torch.cat([x for _, x in run_edit(self, job, callback=callback)]), raw)
 
     def interpolate(self, seed_a: int = 0, seed_b: int = 1, *, frames: int = 9, context: ContextLike = None,
                     context_to: str | None = None, sampler: str | None = None, steps: int | None = None,
-                    guidance: float | None = None, callback: Callable | None = None, **options: Any) -> torch.Tensor:
+                    guidance: float | None = None, callback: Callable | None = None, raw: bool = False,
+                    **options: Any) -> torch.Tensor:
         """``[frames, 3, H, W]`` from the slerp of the two seeds' noises (and ``context`` → ``context_to``) with a
         deterministic sampler: the first and last frames are the two seeds' samples."""
         job = plan_interpolate(self, seed_a, seed_b, frames=frames, context=context, context_to=context_to,
                                sampler=sampler, steps=steps, guidance=guidance, **options)
-        return torch.cat([x for _, x in run_edit(self, job, callback=callback)])
+        return _images(torch.cat([x for _, x in run_edit(self, job, callback=callback)]), raw)
+
+
+def _images(x: torch.Tensor, raw: bool) -> torch.Tensor:
+    """What the library returns: images clipped to the data's ``[-1, 1]`` (every file output clips the same way),
+    or the sampler's own ``x0`` when ``raw``."""
+    return x if raw else x.clamp_(-1.0, 1.0)
 
 
 SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant")  # the last two: distilled students of sprites

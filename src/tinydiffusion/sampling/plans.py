@@ -45,6 +45,7 @@ class SamplePlan:
     options: dict[str, Any]
     shape: tuple[int, int, int]  # C, H, W
     guided: bool
+    note: str | None = None  # what the plan decided that the caller did not ask for (said once by the CLI)
 
     @property
     def count(self) -> int:
@@ -87,11 +88,14 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
     if steps is not None:
         pipe.schedule.timesteps(steps, options.get("spacing", "trailing"))  # 1 <= steps <= T
     check_distilled(pipe.distilled, sampler, steps, guidance, guidance_rescale, options)
-    unguided = pipe.distilled or (guidance == UNGUIDED and guidance_rescale == 0.0)  # a student has it inside
-    model = pipe.model if unguided else cfg(pipe.model, guidance, guidance_rescale)
+    asked = not pipe.distilled and (guidance != UNGUIDED or guidance_rescale != 0.0)  # a student has it inside
+    null = rows is None or not bool(rows.any())  # only the null context: both guided halves would be one call
+    model = cfg(pipe.model, guidance, guidance_rescale) if asked and not null else pipe.model
+    note = (f"guidance {guidance:g} skipped: the context is the null (unconditional) one, where the guided and "
+            f"unguided predictions are the same network call") if asked and null else None
     shape = (int(pipe.config["model"]["channels"]), pipe.image_size, pipe.image_size)
     return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape,
-                      model is not pipe.model)
+                      model is not pipe.model, note)
 
 
 def run(pipe: "Pipeline", job: SamplePlan, batches: Iterable[int] | None = None,
