@@ -94,10 +94,11 @@ def _run_options(g) -> None:
 def _train(args) -> int:
     from ..training.train import TrainConfig, train
 
-    config = TrainConfig(**given(args, TrainConfig))
+    values = given(args, TrainConfig)
+    config = TrainConfig(**values)
     main_rank = reports()  # under torchrun only the first process reports
     notify = _notify if main_rank else None
-    result = train(config, resume=_resume(args), overwrite=args.overwrite, notify=notify)
+    result = train(config, resume=_resume(args), overwrite=args.overwrite, notify=notify, given=set(values))
     if not main_rank:
         return EXIT_INTERRUPTED if result.interrupted else 0
     print(f"trained {result.step} steps in {result.seconds:.0f} s (last loss {result.loss:.4f})")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.load import sidecar
 from ..data.sources import Dataset, npy_header, read_array
 from ..errors import UsageError, bad_value
 from ..vocab import MAX_WIDTH
@@ -23,7 +24,10 @@ def dataset_contexts(dataset: Dataset, kind: str, *, data: str, encoder: str = "
         return ContextSpec(), None, []
     if kind == "class":
         if labels is None:
-            raise UsageError(f"data {data!r} has no class labels; train with --context none or give --labels")
+            hint = f" (its labels file {sidecar(data)}, written by data pack, is missing)" if \
+                str(data).endswith(".npy") else ""
+            raise UsageError(f"data {data!r} has no class labels{hint}; train with --context none or give --labels "
+                             f"(the course's one-hot .npy)")
         try:
             spec = ContextSpec.classes(dataset.class_names)
         except UsageError as e:

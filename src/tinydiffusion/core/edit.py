@@ -27,7 +27,7 @@ import torch
 
 from .. import checks
 from ..errors import bad_value
-from ..vocab import VARIANCES
+from ..vocab import MAX_T, VARIANCES
 from .samplers import SAMPLERS, Callback, Generator, grid, noise_like, posterior, predict
 from .schedule import Schedule
 
@@ -43,9 +43,13 @@ def check_strength(strength: float) -> float:
                          allowed="a number in (0, 1]: 1 ignores the input, small values keep it")
 
 
+MAX_RESAMPLE = 100  # RePaint's resampling r: the paper uses 10; each extra pass costs the whole walk again
+
+
 def check_resampling(jump_length: int, resample: int) -> None:
-    checks.integer("jump_length", jump_length, low=1, allowed="a positive number of steps")
-    checks.integer("resample", resample, low=1, allowed="an integer >= 1 (1: no resampling)")
+    checks.integer("jump_length", jump_length, low=1, high=MAX_T, allowed=f"a number of steps in 1..{MAX_T}")
+    checks.integer("resample", resample, low=1, high=MAX_RESAMPLE,
+                   allowed=f"an integer in 1..{MAX_RESAMPLE} (1: no resampling; the paper's 10 harmonises well)")
 
 
 def img2img(model, schedule: Schedule, x0: torch.Tensor, context: torch.Tensor | None = None, *,

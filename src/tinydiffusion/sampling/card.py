@@ -73,6 +73,15 @@ def check_distilled(distilled: dict[str, Any] | None, sampler: str, steps: int |
         raise bad_value("eta", options["eta"], "0: this student was distilled for deterministic DDIM steps")
 
 
+def check_inpaintable(distilled: dict[str, Any] | None) -> None:
+    """Refuse inpainting with a student: RePaint walks DDPM steps, which a student was not distilled for."""
+    if distilled:
+        raise bad_value("mask", "a mask (inpainting: RePaint over DDPM steps)",
+                        f"no mask with this model: it is a student distilled for the {distilled['sampler']} sampler in "
+                        f"{', '.join(map(str, distilled['steps']))} step(s) only, and students cannot inpaint; omit "
+                        f"the mask (img2img), or inpaint with its teacher ({distilled.get('teacher', 'the teacher')})")
+
+
 def parse_setting(text: str) -> tuple[str, int]:
     """``"ddim:50"`` to ``("ddim", 50)``; anything else is refused naming it (steps <= T is checked with the model)."""
     name, colon, steps = str(text).partition(":")

@@ -19,6 +19,7 @@ from .. import checks
 from ..core import edit, samplers
 from ..errors import UsageError, bad_value
 from ..vocab import INPAINT_STEPS
+from .card import check_inpaintable
 from .plans import ContextLike, SamplePlan, as_int, batch_bytes, plan, run
 
 if TYPE_CHECKING:
@@ -56,6 +57,12 @@ def plan_img2img(pipe: "Pipeline", images: torch.Tensor, context: ContextLike = 
         raise bad_value("strength", None, "a number in (0, 1]: how much of the time grid to run again")
     sampler, steps, guidance = pipe.resolve(sampler, steps, guidance)
     job, total, k = _plan(pipe, inputs, rows, count, strength, n, seed, sampler, steps, guidance, kwargs)
+    if k == total and strength < 1:  # the whole grid runs from pure noise: the input would be silently ignored
+        raise bad_value("strength", strength, "1 (the whole grid, from pure noise: sample) on a grid of one step, "
+                                              "which cannot keep part of the input; edit with a model that takes "
+                                              "more steps (a student's teacher)" if total == 1 else
+                        f"a strength below {(total - 0.5) / total:g} that keeps part of the input (with {total} steps "
+                        f"it rounds to all {total}, which ignores the input), or 1 to sample from pure noise")
 
     def sampler_for(idx: torch.Tensor) -> Callable:
         x0 = _rows_of(inputs, idx // as_int(n))  # [b, C, H, W]: image i edits row i // n (n checked by _plan)
@@ -72,6 +79,7 @@ def plan_inpaint(pipe: "Pipeline", images: torch.Tensor, mask: torch.Tensor, con
                  **kwargs: Any) -> EditPlan:
     """RePaint: regenerate where ``mask`` is 0 (1 = keep) over ``steps`` DDPM steps (default ``INPAINT_STEPS``),
     the kept pixels exact; ``strength`` 1 unless given; ``resample > 1`` jumps back ``jump_length`` steps."""
+    check_inpaintable(pipe.distilled)
     inputs, rows, count = _inputs(pipe, images, context, kwargs)
     if sampler not in (None, "ddpm"):
         raise bad_value("sampler", sampler, "ddpm (or none): inpainting runs RePaint over DDPM steps")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,9 @@ class EditConfig:
         if not isinstance(self.contexts, tuple) or not all(isinstance(c, str) for c in self.contexts):
             raise bad_value("contexts", self.contexts, "a tuple of class names, mixtures or prompts")
         check_settings(self, self.n, self.seed)
+        for key in ("out", "gif"):  # an output that is an input would overwrite the user's picture with the grid
+            if getattr(self, key) is not None and _same_file(getattr(self, key), self.image, self.mask):
+                raise bad_value(key, getattr(self, key), "a path other than --image and --mask (they are inputs)")
 
     def options(self) -> dict:
         given = {k: getattr(self, k) for k in ("eta", "variance") if getattr(self, k) is not None}
@@ -177,6 +181,13 @@ def interpolate_to_files(config: InterpolateConfig, pipeline: Pipeline | None = 
     if config.gif:
         paths.append(save_gif([p[None] for p in pictures], config.gif, ncol=1, ms_per_frame=150, hold_last_ms=600))
     return EditResult(paths, seconds, s["nfe"], len(pictures), [config.context or "uncond"], s)
+
+
+def _same_file(out: str, *inputs: str | None) -> bool:
+    """Whether ``out`` names one of the ``inputs`` (the same path, a link to it, or the same file)."""
+    target = Path(out).resolve()
+    return any(p is not None and (Path(p).resolve() == target or (Path(p).exists() and target.exists() and
+                                                                  Path(p).samefile(target))) for p in inputs)
 
 
 def _run(pipe: Pipeline, job: EditPlan, record: bool) -> tuple[np.ndarray, list[np.ndarray], float]:

@@ -168,8 +168,9 @@ SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant")  # the last tw
 
 
 def resolve_model(path: str | Path) -> Path:
-    """A shipped model's name (``sprites``, ``emoji``) to its folder inside the package; paths pass through."""
-    if str(path) in SHIPPED and not Path(str(path)).exists():
+    """A shipped model's name (``sprites``, ``emoji``) to its folder inside the package; paths pass through. A local
+    folder of a shipped name counts only when it is an exported model (it holds a ``config.json``)."""
+    if str(path) in SHIPPED and not (Path(str(path)) / CONFIG).is_file():
         return Path(str(resources.files("tinydiffusion") / "assets" / "models" / str(path)))
     return Path(path)
 

@@ -4,7 +4,7 @@ what a run minimises when it is not the ordinary diffusion loss."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from .. import checks
 from ..errors import UsageError, bad_value
@@ -15,6 +15,9 @@ BUDGET = ("steps", "epochs", "minutes")
 MAX_BATCH, MAX_COUNT = 65_536, 10**12
 # settings a resumed run takes from the command line instead of its saved config
 RESUME_OVERRIDES = ("out", "device", "progress")
+# how often a resumed run writes grids, states and rows: this call's, when it sets one; else the saved run's
+RESUME_CADENCE = ("sample_every", "checkpoint_every", "checkpoint_minutes", "log_every", "nonfinite_limit")
+SHOWN_ON_RESUME = ("data", "context", "model", "image_size", "batch_size", "lr", "prediction", "precision", "seed")
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,8 @@ class TrainConfig:
 @dataclass(frozen=True, eq=False)
 class Objective:
     """What a training run minimises and how its network starts, when it is not the ordinary diffusion loss from
-    random weights (distillation, ``distill.py``). ``train`` takes one and keeps everything else (data, EMA, atomic
+    random weights (distillation, ``distill.py``; fine-tuning, ``finetune.py``, which also brings its own network
+    and export). ``train`` takes one and keeps everything else (data, EMA, atomic
     state, exact resume, budgets, metrics, grids, export)."""
 
     loss: Callable  # loss(net, schedule, x0, context, generator) -> a scalar tensor
@@ -114,6 +118,8 @@ class Objective:
     card: dict  # config.json entries added to or replacing the trained ones ("recommended", "distilled")
     preview: dict  # {"sampler", "steps", "guidance"} of the fixed-seed sample grids
     identity: dict  # JSON-able; saved in the state, and a resume must bring the same
+    network: Callable | None = None  # network() -> the module that trains (fine-tuning: an adapted one)
+    export: Callable | None = None  # export(folder, ema, card) instead of export_model (an adapter)
 
 
 def recorded_config(saved: Any, where: str) -> TrainConfig:
@@ -129,11 +135,30 @@ def recorded_config(saved: Any, where: str) -> TrainConfig:
         raise UsageError(f"{where} holds an invalid training config: {e}") from None
 
 
-def resumed_config(saved: Any, given: TrainConfig, where: str) -> TrainConfig:
-    """The saved run's settings, with the budget and the run-handling settings of this call."""
+def resumed_config(saved: Any, given: TrainConfig, where: str, names: Collection[str] | None = None) -> TrainConfig:
+    """The saved run's settings, with the budget and the run-handling settings of this call. A setting of this call
+    that was set (``names``, default: those that differ from the defaults) and differs from the run's (another
+    model, batch, size, data …) is refused by name: a resume continues the run it finds, so silently dropping it
+    would train something other than asked."""
     config = recorded_config(saved, f"training state {where}")
+    defaults = TrainConfig()
+    given_values = {f.name: getattr(given, f.name) for f in fields(TrainConfig)
+                    if (f.name in names if names is not None else getattr(given, f.name) != getattr(defaults, f.name))}
+    changed = [k for k, v in given_values.items() if k not in RESUME_OVERRIDES + RESUME_CADENCE + BUDGET
+               and v != getattr(config, k)]
+    if changed:
+        raise UsageError(f"training state {where} belongs to a run with other settings: "
+                         + ", ".join(f"{k}={getattr(config, k)!r} there, {given_values[k]!r} here" for k in changed)
+                         + "; resume it with its own settings (leave these out), or start a new run (--overwrite "
+                           "moves this one aside, or choose another --out)")
     budget = {k: getattr(given, k) for k in BUDGET} if any(getattr(given, k) for k in BUDGET) else {}
-    return replace(config, **{k: getattr(given, k) for k in RESUME_OVERRIDES}, **budget)
+    cadence = {k: given_values[k] for k in RESUME_CADENCE if k in given_values}
+    return replace(config, **{k: getattr(given, k) for k in RESUME_OVERRIDES}, **cadence, **budget)
+
+
+def describe(config: TrainConfig) -> str:
+    """The settings a resumed run continues with, in one line."""
+    return ", ".join(f"{k.replace('_', ' ')} {getattr(config, k)}" for k in SHOWN_ON_RESUME)
 
 
 def check_memory(config: TrainConfig, width: int, device, world: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 
@@ -21,7 +21,7 @@ from ..models import ModelConfig, build_model, preset
 from ..runtime import dist
 from ..store.files import clean_stale_temps, write_json
 from . import runlock
-from .config import Objective, TrainConfig, resumed_config
+from .config import Objective, TrainConfig, describe, resumed_config
 from .runlog import Notes
 from .state import Networks, class_weights
 
@@ -39,10 +39,11 @@ class Data:
 
 
 def settings(config: TrainConfig, saved: dict | None, out: Path, info: dist.DistInfo, objective: Objective | None,
-             note: Notes) -> TrainConfig:
+             note: Notes, given: Collection[str] | None = None) -> TrainConfig:
     """This call's settings, or on a resume the saved run's with this call's budget; then the default budget."""
     if saved is not None:
-        config = resumed_config(saved["config"], config, str(out / "state.pt"))
+        config = resumed_config(saved["config"], config, str(out / "state.pt"), given)
+        note(f"continuing with the run's settings: {describe(config)}")
         identity = saved.get("objective")
         if identity != (objective.identity if objective else None):
             raise UsageError(f"training state {out / 'state.pt'} belongs to another objective "
@@ -87,7 +88,8 @@ def networks(config: TrainConfig, model_config: ModelConfig, info: dist.DistInfo
              objective: Objective | None) -> Networks:
     """The network (random, or the objective's initial weights), its EMA copy, its wrapper and AdamW."""
     torch.manual_seed(config.seed)  # the initial weights
-    model = build_model(model_config).to(info.device)
+    adapted = objective is not None and objective.network is not None  # fine-tuning brings its own network
+    model = (objective.network() if adapted else build_model(model_config)).to(info.device)
     if objective is not None:
         model.load_state_dict(objective.weights)
     if info.device.type == "cpu":

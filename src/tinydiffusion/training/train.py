@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -71,11 +71,14 @@ class _Run:
 
 
 def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = False,
-          notify: Callable[[str], None] | None = None, objective: Objective | None = None) -> TrainResult:
+          notify: Callable[[str], None] | None = None, objective: Objective | None = None,
+          given: Collection[str] | None = None) -> TrainResult:
     """Train into ``config.out``. ``resume``: False (a new run), True (continue; the state must exist)
     or ``"auto"`` (continue when a state exists, else start fresh). ``overwrite`` moves an existing
     run aside instead of refusing. ``notify`` receives one-line notices as they happen. ``objective``
-    replaces the diffusion loss and the random initial weights (distillation); ``None``: ordinary training."""
+    replaces the diffusion loss and the random initial weights (distillation); ``None``: ordinary training.
+    ``given``: the settings the caller set (the CLI's flags); a resume refuses those that differ from the run's
+    (default: the settings that differ from ``TrainConfig``'s defaults)."""
     if resume not in (False, True, "auto"):
         raise bad_value("resume", resume, "False, True or 'auto'")
     note = Notes(notify)
@@ -90,7 +93,7 @@ def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = 
     existed = out.exists()
     mode = dist.agree(lambda: runlock.claim_run(out, resume, overwrite, holder, note), info)
     try:
-        return _train(config, out, mode, info, holder, note, objective)
+        return _train(config, out, mode, info, holder, note, objective, given)
     finally:
         if holder:
             holder[-1].release()
@@ -99,11 +102,11 @@ def train(config: TrainConfig, *, resume: bool | str = False, overwrite: bool = 
 
 
 def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks: list[runlock.RunLock],
-           note: Notes, objective: Objective | None) -> TrainResult:
+           note: Notes, objective: Objective | None, given: Collection[str] | None = None) -> TrainResult:
     """Set up (settings, data, networks, the run state), run the loop, save and export."""
     # ---------------------------------------------------------------- settings: a resume keeps the saved run's
     saved = read_training_state(out / "state.pt") if mode == "resume" else None
-    config = setup.settings(config, saved, out, info, objective, note)
+    config = setup.settings(config, saved, out, info, objective, note, given)
     check_memory(config, preset(config.model).base, info.device, info.world)  # before the data is loaded and resized
 
     # ---------------------------------------------------------------- data, networks, where the run stands
@@ -227,7 +230,8 @@ def _finish(run: _Run, state: RunState, stopped: str | None, last_loss: float, n
         return TrainResult(out, out / "model", state.saved_step or 0, state.elapsed, last_loss, True, note.lines)
     state.save(run.nets)
     if info.is_main:
-        export_model(out / "model", run.nets.ema, run.card)
+        export = run.objective.export if run.objective and run.objective.export else export_model
+        export(out / "model", run.nets.ema, run.card)
         _sample_grid(run, out / "samples" / "final.png")
     dist.barrier(info)
     dist.teardown(info)
