@@ -18,14 +18,17 @@ demo: $(STAMP)
 	@echo "   student sprites-fast (4 evaluations, guidance folded in); compare the ms per image with DDPM-500's above"
 	$(BIN)/tinydiffusion sample sprites --n 2 --out $(RUN)/shipped_dpmpp10.png
 	$(BIN)/tinydiffusion sample sprites-fast --n 2 --out $(RUN)/shipped_fast4.png
-	@echo "== 3. A short training run on the embedded sprites ($(MINUTES) minutes on this machine)"
+	@echo "== 3. Prompts as a user types them, on the shipped text model (one row each)"
+	$(BIN)/tinydiffusion sample emoji --prompt "a slice of pizza" --prompt "a cute cat" --prompt "a red car" \
+		--prompt "a happy smiling face" --n 4 --out $(RUN)/shipped_emoji_prompts.png
+	@echo "== 4. A short training run on the embedded sprites ($(MINUTES) minutes on this machine)"
 	$(BIN)/tinydiffusion data info
 	$(BIN)/tinydiffusion train --out $(RUN)/train --minutes $(MINUTES) --overwrite  # a rerun moves the last run aside, inside $(RUN)
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddpm --out $(RUN)/train_ddpm500.png \
 		--gif $(RUN)/train_ddpm500.gif
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 50 --out $(RUN)/train_ddim50.png
 	$(BIN)/tinydiffusion sample $(RUN)/train/model --sampler ddim --steps 25 --out $(RUN)/train_ddim25.png
-	@echo "Everything is in $(RUN)/: shipped_*.png/gif (the shipped model and its student), train/ (the run: model/, samples/,"
+	@echo "Everything is in $(RUN)/: shipped_*.png/gif (the shipped models and a student), train/ (the run: model/, samples/,"
 	@echo "metrics.csv), train_*.png/gif (its samples). Each grid has one row per class."
 	@echo "To steer, watch and compare live in a browser: $(BIN)/tinydiffusion serve --runs runs  (then open http://127.0.0.1:8000)"
 
@@ -44,7 +47,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,plot,text,bench,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,text,bench,serve,onnx]'
 	touch $(STAMP)
 
 clean:

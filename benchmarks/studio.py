@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/studio.py [--repeats 10] [--seconds 20] [--clients 20]
 
 Starts ``tinydiffusion serve`` (uvicorn, a subprocess, a free loopback port) and measures with httpx:
-(1) time to the first streamed frame of ``GET /api/stream`` (request sent → first ``frame`` event read;
+(1) time to the first streamed frame of ``POST /api/stream`` (request sent → first ``frame`` event read;
 a 10-step DPM-Solver++ single image, guidance 3; and for the page's default request, 4 images of each class), (2) time to a final DPM-Solver++ 10-step guided (3) single
 image through ``POST /api/sample`` (the PNG received) against the same ``Pipeline.sample`` call in this
 process, alternated so both see the same machine load (their ratio is the server's overhead), and
@@ -70,7 +70,7 @@ def first_frame(httpx, base: str, repeats: int, params: dict | None = None) -> d
     with httpx.Client(timeout=60) as client:
         for k in range(repeats + 1):
             t0 = time.perf_counter()
-            with client.stream("GET", f"{base}/api/stream", params={**(params or SETTING), "seed": k}) as r:
+            with client.stream("POST", f"{base}/api/stream", json={**(params or SETTING), "seed": k}) as r:
                 first = None
                 for line in r.iter_lines():
                     if first is None and line.startswith("event: frame"):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tinydiffusion.data.batches import as_tensor
 from tinydiffusion.data.load import load_dataset
-from tinydiffusion.quality.featurenet import holdout_accuracy, load_evaluator, split
+from tinydiffusion.quality.featurenet import holdout_accuracy, holdout_split, load_evaluator
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "tinydiffusion" / "assets" / "evaluators"
 
@@ -40,7 +40,7 @@ def main() -> None:
     ev = load_evaluator(staging)  # fp16 weights, computed in fp32
     train_cfg = config["training"]
     data = load_dataset(train_cfg["data"], size=config["size"])
-    _, test_idx = split(data.labels, train_cfg["holdout"], train_cfg["seed"])
+    _, test_idx = holdout_split(data, train_cfg["holdout"], train_cfg["seed"])
     accuracy = holdout_accuracy(ev, as_tensor(data.images), torch.from_numpy(data.labels), test_idx,
                                 train_cfg["low_size"])
     print(f"held-out accuracy, fp32 weights: {config['holdout_accuracy']}; fp16 weights: {accuracy}")

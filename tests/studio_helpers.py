@@ -4,8 +4,10 @@ streamed events and pictures."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ from starlette.testclient import TestClient
 from tinydiffusion.studio.web.app import create_app
 
 TINY = {"model": "tiny", "context": "square", "n": 2, "steps": 3, "sampler": "ddim"}
+BASE = "http://127.0.0.1:8000"  # the studio answers only to its own names (Host), so the test client uses one
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
@@ -53,7 +56,7 @@ def checked_client(app):
             response.read()
             assert "Traceback" not in response.text, response.text
 
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         c.event_hooks = {"request": [], "response": [no_traceback]}
         yield c
 
@@ -85,10 +88,48 @@ def iter_events(response):
 
 
 def events(response) -> list[tuple[str, dict]]:
-    return list(iter_events(response))
+    """The events of a stream (``loading``, sent when a job first loads its model, left out)."""
+    return [e for e in iter_events(response) if e[0] != "loading"]
+
+
+def stream(client, params: dict) -> list[tuple[str, dict]]:
+    """The events of one ``POST /api/stream`` (or ``[("refused", {"status", "error"})]`` when it is refused before
+    any job is queued: a JSON error instead of a stream)."""
+    with client.stream("POST", "/api/stream", json=params) as r:
+        if "text/event-stream" not in r.headers.get("content-type", ""):
+            r.read()
+            return [("refused", {"status": r.status_code, **r.json()})]
+        return events(r)
 
 
 def picture(data: bytes, kind: str) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     assert image.format == kind
     return image
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1"):
+    """``app`` on a real uvicorn server as ``tinydiffusion serve`` runs it (its socket, protocol and settings), in a
+    thread, on a free port; yields ``(url, port)``."""
+    import uvicorn
+
+    from tinydiffusion.studio.web import connections
+    from tinydiffusion.studio.web.server import bind
+
+    sock = bind(host, 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(connections.config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the studio server did not start")
+            time.sleep(0.05)
+        yield f"http://{host}:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

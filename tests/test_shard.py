@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     return root
 
 
-def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, processes: int = 2, ok: bool = True) -> subprocess.CompletedProcess:
     """``tinydiffusion ARGS`` under torchrun, or as one plain process (``processes=1``) with the same
     one thread each, as torchrun gives its workers: float64 scoring may differ in its last bits between
     thread counts, which is not what these tests are about."""
@@ -35,7 +35,7 @@ def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     cmd = [*launch, *args, "--device", "cpu"]  # "--": torchrun would read --n as its own
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
 
 
@@ -97,3 +97,19 @@ def test_compare_under_torchrun_writes_once_the_same_samples(trained):
     for a, b in zip(one, two):
         for key in ("fd_domain", "kid", "precision", "recall", "conditional_accuracy", "memorised_share"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-12), key
+
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_a_refusal_only_rank_0_meets_is_every_ranks(trained, command):
+    """The real data is read by rank 0 alone; when it is refused, every rank exits 2 with the message, none waits
+    in a collective for a peer that left (which exited 1)."""
+    import re
+
+    model = str(trained / "run" / "model")
+    extra = ["--settings", "ddim:2,ddim:3", "--out", str(trained / "cmp")] if command == "compare" else \
+        ["--out", str(trained / "e.json")]
+    done = _torchrun(command, model, "--evaluator", str(trained / "ev"), "--data", str(trained / "missing.npz"),
+                     "--per-class", "2", *extra, ok=False)
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)
+    assert codes and set(codes) == {"2"}, done.stderr[-3000:]
+    assert "missing.npz" in done.stderr

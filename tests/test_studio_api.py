@@ -19,7 +19,7 @@ pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the 'se
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from studio_helpers import TINY, app, client, events, iter_events, picture, root, slow  # noqa: E402,F401  (fixtures)
+from studio_helpers import BASE, TINY, app, client, events, iter_events, picture, root, slow, stream  # noqa: E402,F401  (fixtures)
 from tinydiffusion.studio.web.app import create_app  # noqa: E402
 
 
@@ -119,8 +119,7 @@ def test_traversal_probes_read_nothing_outside(client, root):
         for name in TRAVERSAL:
             r = client.post("/api/sample", json={**TINY, "model": name})
             assert r.status_code == 404 and "error" in r.json()
-            s = client.get("/api/stream", params={**TINY, "model": name})
-            assert events(s)[0][1]["status"] == 404
+            assert stream(client, {**TINY, "model": name})[0][1]["status"] == 404
         for path in ["/api/models/..%2F..%2Fetc%2Fpasswd", "/api/runs/%2e%2e/metrics", "/api/runs/..%2f..%2f/metrics",
                      "/api/runs/runs%2F..%2F..%2Fetc/samples/latest.png", "/api/runs//etc/passwd/metrics",
                      "/api/runs/runs/tiny/../../../etc/metrics", "/api/jobs/..%2f..%2fetc/grid.png",
@@ -139,7 +138,7 @@ def test_traversal_probes_read_nothing_outside(client, root):
 # ---------------------------------------------------------------------- streaming, cancel, disconnect
 def test_stream_sends_a_frame_per_step_then_done(client):
     for sampler, steps in (("ddim", 5), ("ddpm", 50)):
-        with client.stream("GET", "/api/stream", params={**TINY, "sampler": sampler, "steps": steps}) as r:
+        with client.stream("POST", "/api/stream", json={**TINY, "sampler": sampler, "steps": steps}) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             got = events(r)
         kinds = [e for e, _ in got]
@@ -150,11 +149,15 @@ def test_stream_sends_a_frame_per_step_then_done(client):
         assert got[-1][1]["nfe"] == 2 * steps and set(got[-1][1]["downloads"]) == {"png", "npz", "gif"}
 
 
-def test_stream_reports_bad_values_as_an_error_event(client):
+def test_stream_refuses_bad_values_as_json_before_any_job(client):
     for params, status in (({**TINY, "steps": 0}, 422), ({**TINY, "model": "nope"}, 404),
-                           ({**TINY, "guidance": "nan"}, 422), ({**TINY, "context": ["square"] * 9}, 422)):
-        got = events(client.get("/api/stream", params=params))
-        assert len(got) == 1 and got[0][0] == "error" and got[0][1]["status"] == status
+                           ({**TINY, "guidance": "nan"}, 422), ({**TINY, "context": ["square"] * 9}, 422),
+                           ({**TINY, "guidance": 1e9}, 422), ({**TINY, "guidance": "1e400"}, 422)):
+        got = stream(client, params)
+        assert len(got) == 1 and got[0][0] == "refused" and got[0][1]["status"] == status and got[0][1]["error"]
+    # a GET never starts work (an <img src=/api/stream?...> on any page did): the stream is a POST
+    r = client.get("/api/stream", params=TINY)
+    assert r.status_code == 405 and client.app.state.studio.jobs.counts()["waiting"] == 0
 
 
 def test_long_runs_stream_at_most_60_frames_and_the_last():
@@ -182,7 +185,7 @@ def test_long_runs_stream_at_most_60_frames_and_the_last():
 
 
 def test_cancel_stops_the_job_and_frees_the_worker(client, slow):
-    with client.stream("GET", "/api/stream", params={**TINY, "sampler": "ddpm", "steps": 50}) as r:
+    with client.stream("POST", "/api/stream", json={**TINY, "sampler": "ddpm", "steps": 50}) as r:
         got = []
         for event in iter_events(r):
             got.append(event)
@@ -200,22 +203,22 @@ def test_cancel_stops_the_job_and_frees_the_worker(client, slow):
 
 def test_a_queued_job_can_be_cancelled(client, slow):
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(lambda: events(client.get("/api/stream", params={**TINY, "sampler": "ddpm", "steps": 50})))
+        first = pool.submit(lambda: stream(client, {**TINY, "sampler": "ddpm", "steps": 50}))
         deadline = time.monotonic() + 5
         while client.app.state.studio.jobs.counts()["running"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with client.stream("GET", "/api/stream", params=TINY) as r:
-            stream = iter_events(r)
-            event, data = next(stream)
+        with client.stream("POST", "/api/stream", json=TINY) as r:
+            got = iter_events(r)
+            event, data = next(got)
             assert event == "queued" and data["position"] == 1
             assert client.post(f"/api/jobs/{data['job']}/cancel").json()["cancelled"] is True
-            rest = list(stream)
+            rest = list(got)
         assert [e for e, _ in rest] == ["error"] and rest[0][1]["cancelled"]
         assert first.result()[-1][0] == "done"  # the running job was not disturbed
 
 
 def test_a_closed_stream_cancels_its_job(client, slow):
-    with client.stream("GET", "/api/stream", params={**TINY, "sampler": "ddpm", "steps": 50}) as r:
+    with client.stream("POST", "/api/stream", json={**TINY, "sampler": "ddpm", "steps": 50}) as r:
         for event, data in iter_events(r):
             if event == "frame":
                 job = data["job"]
@@ -255,7 +258,7 @@ def test_a_model_whose_extra_is_missing_is_listed_unavailable(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentence_transformers" else
                         real(name, *a))
-    with TestClient(create_app([], models={"emoji": resolve_model("emoji")})) as c:
+    with TestClient(create_app([], models={"emoji": resolve_model("emoji")}), base_url=BASE) as c:
         card = c.get("/api/models").json()[0]
         assert card["available"] is False and "pip install 'tinydiffusion[text]'" in card["reason"]
         assert card["kind"] == "text" and card["examples"]
@@ -311,8 +314,85 @@ def test_serve_command_checks_and_warns(monkeypatch, capsys, tmp_path):
     assert main(["serve"]) == 2 and "pip install 'tinydiffusion[serve]'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "uvicorn", uvicorn)
 
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
-    assert main(["serve", "--host", "0.0.0.0", "--port", "8765", "--runs", str(tmp_path)]) == 0
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets[0].getsockname()))
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr()
-    assert "warning" in out.err and "http://127.0.0.1:8765/" in out.out
-    assert main(["serve", "--port", "8765"]) == 0 and "warning" not in capsys.readouterr().err
+    port = served[-1][1]  # --port 0: any free port, and the line says which
+    assert port > 0 and "warning" in out.err and f"http://127.0.0.1:{port}/?token=" in out.out and ":0/" not in out.out
+    assert main(["serve", "--port", "0"]) == 0
+    out = capsys.readouterr()
+    assert "warning" not in out.err and f"http://127.0.0.1:{served[-1][1]}/ in a browser" in out.out
+    # a host that does not resolve, or a port in use, is a usage error naming the option (exit 2)
+    assert main(["serve", "--host", "no.such.host"]) == 2 and "--host 'no.such.host'" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2 and "--port" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- progress: loading, compare
+def test_the_first_job_says_it_loads_the_model(root):
+    from tinydiffusion.studio.work.runner import Runner
+
+    app = create_app([], device="cpu", models={"tiny": root / "runs" / "tiny" / "model"})
+    with TestClient(app, base_url=BASE) as c:
+        for loads in (True, False):
+            with c.stream("POST", "/api/stream", json=TINY) as r:
+                got = list(iter_events(r))
+            kinds = [e for e, _ in got]
+            assert kinds[-1] == "done" and (kinds[1] == "loading") is loads, kinds
+            if loads:  # after queued, before the first frame
+                assert got[1][1] == {"job": got[0][1]["job"], "what": "model", "model": "tiny"}
+                assert kinds.index("loading") < kinds.index("frame")
+
+    class Entry:  # a prompt model: its text encoder loads on its first prompt (seconds), said once
+        name, path, available = "emoji", root, True
+        config = {"context": {"kind": "text", "encoder": "all-MiniLM-L6-v2"}}
+
+    class Loaded:
+        def has(self, entry):
+            return True
+
+    runner = Runner(Loaded())
+    assert runner.loading(Entry()) == ["text encoder"] and runner.loading(Entry()) == []
+    Entry.config = {"context": {"kind": "text", "encoder": "hash-16"}}
+    assert runner.loading(Entry()) == []
+
+
+def test_compare_streams_its_progress_when_asked(client):
+    body = {**TINY, "settings": ["ddim:4", "dpmpp_2m:2"]}
+    with client.stream("POST", "/api/compare", json=body, headers={"Accept": "text/event-stream"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        got = events(r)
+    kinds = [e for e, _ in got]
+    assert kinds[0] == "queued" and kinds[-1] == "done" and set(kinds[1:-1]) == {"progress"}
+    steps = [(d["setting"], d["step"], d["steps"], d["settings"]) for e, d in got if e == "progress"]
+    assert steps == [(0, 1, 4, 2), (0, 2, 4, 2), (0, 3, 4, 2), (0, 4, 4, 2), (1, 1, 2, 2), (1, 2, 2, 2)]
+    assert all("x_t" not in d for _, d in got)  # progress only: no pictures until the end
+    done = got[-1][1]
+    assert [row["nfe"] for row in done["rows"]] == [8, 4] and done["contexts"] == ["square"]
+    # the JSON answer is unchanged without the Accept header
+    assert client.post("/api/compare", json=body).json()["rows"][0]["setting"] == "ddim:4"
+
+
+def test_runs_say_whether_they_train_and_when_a_sample_grid_came(client, root):
+    run = client.get("/api/runs").json()[0]
+    assert run["state"] == "finished" and run["sample"] is not None and run["sample"] <= time.time()
+    lock = root / "runs" / "tiny" / ".lock"
+    lock.write_text("{}")
+    try:
+        assert client.get("/api/runs").json()[0]["state"] == "training"
+    finally:
+        lock.unlink()
+    bare = root / "runs" / "bare"
+    bare.mkdir()
+    (bare / "metrics.csv").write_text("step,loss,images_per_s,elapsed_s\n1,0.5,10,1\n")
+    try:
+        runs = {r["name"]: r for r in client.get("/api/runs").json()}
+        assert runs["runs/bare"]["state"] == "stopped" and runs["runs/bare"]["sample"] is None
+        assert client.get("/api/runs/runs/bare/samples/latest.png").status_code == 404
+    finally:
+        shutil.rmtree(bare)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the studio needs the 'serve' extra: pip install 'tinydiffusion[serve]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the 'serve' extra)")
 
-from studio_helpers import checked_client, events, make_student, root  # noqa: E402,F401  (fixtures)
+from studio_helpers import checked_client, events, make_student, root, stream  # noqa: E402,F401  (fixtures)
 from test_studio_edit import EDIT_INPUT, data_url  # noqa: E402
 
 STUDENT = "runs/student"  # progressive: DDIM in 2 steps
@@ -42,9 +42,9 @@ def test_students_are_listed_with_their_distilled_card(client, root):
     assert set(models) == {"runs/tiny", STUDENT, CSTUDENT}
     assert models["runs/tiny"]["distilled"] is None  # an ordinary model
     card = models[STUDENT]
+    # the teacher is named as the listing names it (its run folder under --runs), never by a server path
     assert card["distilled"] == {"method": "progressive", "sampler": "ddim", "steps": [2], "guidance": 3.0,
-                                 "teacher": str(root / "runs" / "tiny" / "model"), "teacher_sampler": "ddim",
-                                 "teacher_steps": 4}
+                                 "teacher": "runs/tiny/model", "teacher_sampler": "ddim", "teacher_steps": 4}
     assert card["defaults"] == {"sampler": "ddim", "steps": 2, "guidance": 3.0}  # what a request without them gets
     assert card["kind"] == "class" and card["classes"] == ["square", "hbar", "vbar"] and card["available"]
     c = models[CSTUDENT]["distilled"]
@@ -66,7 +66,7 @@ def test_a_student_samples_with_its_card_settings(client):
         got = sample(client, CSTUDENT, steps=steps).json()
         assert (got["sampler"], got["nfe"]) == ("consistency", steps)
     # the stream too: a frame per student step
-    got = events(client.get("/api/stream", params={"model": STUDENT, "context": "hbar=1,vbar=0.5", "n": 1}))
+    got = stream(client, {"model": STUDENT, "context": "hbar=1,vbar=0.5", "n": 1})
     assert [e for e, _ in got] == ["queued", "frame", "frame", "done"]
     assert got[-1][1]["steps"] == 2 and got[-1][1]["rows"] == ["hbar=1,vbar=0.5"]
 
@@ -83,9 +83,9 @@ def test_what_a_student_was_not_distilled_for_is_refused_by_name(client, model, 
     assert r.status_code == 422, r.text
     message = r.json()["error"]
     assert words in message and "distilled" in message and "Traceback" not in message
-    # the stream reports it as its one error event, before any job is queued
-    got = events(client.get("/api/stream", params={"model": model, "context": "square", **change}))
-    assert len(got) == 1 and got[0][0] == "error" and got[0][1]["status"] == 422 and words in got[0][1]["error"]
+    # the stream refuses it the same way, before any job is queued
+    got = stream(client, {"model": model, "context": "square", **change})
+    assert len(got) == 1 and got[0][0] == "refused" and got[0][1]["status"] == 422 and words in got[0][1]["error"]
 
 
 def test_compare_and_edit_keep_to_what_a_student_supports(client):
@@ -110,3 +110,20 @@ def test_compare_and_edit_keep_to_what_a_student_supports(client):
 def test_the_openapi_description_names_the_consistency_sampler(client):
     spec = json.dumps(client.get("/openapi.json").json())
     assert "consistency" in spec
+
+
+def test_an_edit_on_a_one_step_grid_must_not_ignore_its_input(client):
+    """A 1-step grid has no partial tail: round(strength · 1) steps is the whole grid from pure noise, so any
+    strength below 1 would give the same pictures whatever the input (the review: bit-identical outputs)."""
+    body = {"model": CSTUDENT, "image": data_url(EDIT_INPUT), "context": "vbar", "n": 1, "steps": 1}
+    for strength in (0.2, 0.6, 0.99):
+        r = client.post("/api/edit/stream", json={**body, "strength": strength})
+        assert r.status_code == 422 and r.json()["error"].startswith(f"strength={strength}") and \
+            "grid of one step" in r.json()["error"]
+    # with more steps, a strength that rounds to the whole grid is refused the same way (4 · 0.9 rounds to 4)
+    r = client.post("/api/edit/stream", json={**body, "steps": 4, "strength": 0.9})
+    assert r.status_code == 422 and "rounds to all 4" in r.json()["error"]
+    with client.stream("POST", "/api/edit/stream", json={**body, "strength": 1}) as r:
+        assert events(r)[-1][0] == "done"
+    with client.stream("POST", "/api/edit/stream", json={**body, "steps": 2, "strength": 0.5}) as r:
+        assert events(r)[-1][1]["steps"] == 2

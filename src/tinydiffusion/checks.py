@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from .errors import bad_value
-from .vocab import MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_SEED, UNGUIDED
+from .vocab import GUIDANCE_EVERYWHERE, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_SEED, UNGUIDED
 
 MEMORY_LIMIT_FRACTION = 0.5  # refuse work whose own tensors would need more than half of this machine's RAM
 
@@ -46,6 +46,18 @@ def guidance(value: Any, name: str = "guidance") -> float:
     """A classifier-free guidance scale in ``[0, MAX_GUIDANCE]``; ``UNGUIDED`` (1) is the conditional model itself."""
     return finite(name, value, low=0, high=MAX_GUIDANCE,
                   allowed=f"a number in [0, {MAX_GUIDANCE:g}] ({UNGUIDED:g} = no guidance, 2-5 typical)")
+
+
+def guidance_interval(value: Any, name: str = "guidance_interval") -> tuple[float, float]:
+    """A guidance interval ``(lo, hi)``: guidance acts where the diffusion time ``s = (t + 1) / T`` is in ``(lo, hi]``
+    (``core/guidance.py``), ``0 <= lo <= hi <= 1``; ``GUIDANCE_EVERYWHERE`` is all of it, ``lo = hi`` none of it."""
+    what = (f"two numbers LO,HI with 0 <= LO <= HI <= 1: guidance acts where the diffusion time (t+1)/T is in (LO, HI] "
+            f"(1 = the noisiest step; {GUIDANCE_EVERYWHERE[0]:g},{GUIDANCE_EVERYWHERE[1]:g} = everywhere)")
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value) or \
+            not 0 <= value[0] <= value[1] <= 1:
+        raise bad_value(name, list(value) if isinstance(value, tuple) else value, what)
+    return float(value[0]), float(value[1])
 
 
 def seed(name: str, value: Any, count: int = 1) -> int:

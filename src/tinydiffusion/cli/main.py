@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, quality, sample, train
+    from . import data, export, finetune, quality, sample, train
 
     parser = argparse.ArgumentParser(prog="tinydiffusion", description="Train context-conditioned image diffusion "
                                      "models and sample them with DDPM and DDIM.")
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (train.add_train, sample.add_sample, data.add_data, _add_serve, quality.add_eval, quality.add_compare,
-                quality.add_evaluator, sample.add_edit, sample.add_interpolate, quality.add_bench, train.add_distill):
+                quality.add_evaluator, sample.add_edit, sample.add_interpolate, quality.add_bench, train.add_distill,
+                finetune.add_finetune, export.add_export):
         add(commands)  # in this order in --help
     return parser
 
@@ -59,9 +60,10 @@ def _add_serve(commands) -> None:
                             description="Start the studio (needs the 'serve' extra): a web page and JSON API to sample "
                                         "the shipped models and the models exported under --runs, watch denoising "
                                         "live, compare samplers and follow training runs. Binds 127.0.0.1 by default.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the "
-                                                      "studio to the network, with a warning)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another address, e.g. "
+                                                      "0.0.0.0, exposes the studio to the network, with a warning, "
+                                                      "and then every request needs the token in the printed URL)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)")
     p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
                    help="folders of training runs to list and monitor (default: runs, if it exists)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

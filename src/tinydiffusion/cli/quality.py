@@ -8,20 +8,24 @@ from __future__ import annotations
 import argparse
 
 from ..vocab import PRECISIONS
-from .types import DEVICE_HELP, finite_float, given, help_handler, int_list, name_list, reports
+from .types import DEVICE_HELP, finite_float, finite_floats, given, help_handler, int_list, name_list, reports
 
 
 # ---------------------------------------------------------------------- eval
 def add_eval(commands) -> None:
-    p = commands.add_parser("eval", help="score a class-conditional model: FD-domain, KID, precision/recall, "
-                                         "conditional accuracy, memorisation",
-                            description="Generate --per-class seeded samples per class and score them in the "
-                                        "domain evaluator's feature space. Writes --out (JSON) and a grid of the "
-                                        "samples closest to a training image beside it.")
+    p = commands.add_parser("eval", help="score a model: FD-domain, KID, precision/recall, conditional accuracy, "
+                                         "memorisation; for a text model, prompt following",
+                            description="A class model: generate --per-class seeded samples per class and score them "
+                                        "in the domain evaluator's feature space; writes --out (JSON) and a grid of "
+                                        "the samples closest to a training image beside it. A text model: generate "
+                                        "--per-prompt samples for each held-out caption and each paraphrased prompt "
+                                        "and report the share the evaluator recognises as the prompt's category, "
+                                        "beside the ceiling (real images) and chance (shuffled prompts).")
     p.add_argument("model", help="an exported model folder")
     _common(p)
     p.add_argument("--sampler", help="sampler (default: the model card's, e.g. dpmpp_2m for the shipped models)")
     p.add_argument("--steps", type=int, help="steps (default: the model card's with its sampler)")
+    p.add_argument("--per-prompt", type=int, help="a text model: samples per prompt (default 8)")
     p.add_argument("--memorisation-threshold", type=finite_float,
                    help="RMS pixel distance in [-1, 1] units below which a sample counts as a copy (default 0.1)")
     p.add_argument("--memorisation-ratio", type=finite_float,
@@ -32,11 +36,16 @@ def add_eval(commands) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--evaluator", help="a shipped evaluator name (sprites) or an evaluator folder")
+    p.add_argument("--evaluator", help="a shipped evaluator name (sprites, emoji) or an evaluator folder (default: "
+                                       "the one of the model's data)")
     p.add_argument("--data", help="the real data to compare with (default: what the model was trained on)")
     p.add_argument("--per-class", type=int, help="samples per class")
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (default: the model card's; "
                                                          "a student always uses the one folded into it)")
+    p.add_argument("--guidance-interval", type=finite_floats, metavar="LO,HI",
+                   help="guide only where (t+1)/T is in (LO, HI]; 0,1 = everywhere (default: the model card's)")
+    p.add_argument("--guide", metavar="MODEL", help="autoguidance by this weaker model; 'none': none (default: the "
+                                                    "model card's)")
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -51,8 +60,12 @@ def _eval(args) -> int:
     if not reports():
         return 0
     s = r["settings"]
+    if "prompt_following" in r:
+        return _prompt_report(r)
+    levers = (f", on (t+1)/T in ({s['guidance_interval'][0]:g}, {s['guidance_interval'][1]:g}]"
+              if s.get("guidance_interval") else "") + (f", autoguided by {s['guide']}" if s.get("guide") else "")
     print(f"{r['samples']} samples ({s['per_class']} per class) with {s['sampler']}, {s['steps']} steps, guidance "
-          f"{s['guidance']}, {s['precision']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
+          f"{s['guidance']}{levers}, {s['precision']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
     print(f"  FD-domain             {r['fd_domain']:.3f} ± {r['fd_domain_bootstrap_std']:.3f} (bootstrap std)")
     print(f"  KID                   {r['kid']:.4f} ± {r['kid_std']:.4f}")
     print(f"  precision / recall    {r['precision']:.3f} / {r['recall']:.3f}")
@@ -60,6 +73,17 @@ def _eval(args) -> int:
           f"{', '.join(f'{k} {v:.1%}' for k, v in r['evaluator_holdout_accuracy'].items())})")
     print(f"  memorised share       {r['memorised_share']:.1%}  (RMS pixel distance < {s['memorisation_threshold']} "
           f"and < {s['memorisation_ratio']} × the mean to the 50 nearest)")
+    print(f"  wrote {s['out']}")
+    return 0
+
+
+def _prompt_report(r: dict) -> int:
+    s = r["settings"]
+    print(f"prompt following of {r['model']} with {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}, "
+          f"{s['per_prompt']} samples per prompt: {r['seconds']:.1f} s")
+    for name, m in r["prompt_following"].items():
+        print(f"  {name:<18} {m['accuracy']:.1%} recognised ({m['prompts']} prompts)  ceiling {m['ceiling']:.1%} "
+              f"(real images; ratio {m['ratio_to_ceiling']:.2f})  chance {m['chance']:.1%} (shuffled prompts)")
     print(f"  wrote {s['out']}")
     return 0
 

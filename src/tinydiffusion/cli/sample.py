@@ -29,6 +29,14 @@ def add_sample(commands) -> None:
                    help="ddpm without the added noise (shows the collapse to the data average)")
     p.add_argument("--spacing", choices=SPACINGS, help="time grid (default trailing)")
     _guidance(p, "1 = none; 2–5 typical; default: the model card's")
+    p.add_argument("--guidance-interval", type=finite_floats, metavar="LO,HI",
+                   help="guide only where the diffusion time (t+1)/T is in (LO, HI] (1 = the noisiest step), one "
+                        "network evaluation per step outside it; e.g. 0.1,0.75; 0,1 = everywhere (default: the "
+                        "model card's, else everywhere)")
+    p.add_argument("--guide", metavar="MODEL",
+                   help="autoguidance: guide with this weaker model (the same recipe trained shorter, a smaller "
+                        "preset; same data, size and schedule) instead of the unconditional branch; --guidance is "
+                        "then its scale; 'none' turns a model card's guide off (default: the card's, else none)")
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
     p.add_argument("--prediction", choices=PREDICTIONS,
                    help="refuse the model unless it was trained for this target")
@@ -46,15 +54,19 @@ def add_sample(commands) -> None:
     p.add_argument("--seed", type=int, help="seed of the first column (default 0)")
     p.add_argument("--out", help="a .png grid (default samples.png), an .npz of raw images, or a folder")
     p.add_argument("--gif", help="also write the denoising animation to this .gif")
+    p.add_argument("--backend", help="the network on torch, onnx (onnxruntime: faster on a CPU; the onnx extra) or "
+                                     "auto (default: onnx for a folder holding model.onnx)")
     _run(p)
     p.set_defaults(handler=_sample)
 
 
 def _sample(args) -> int:
     from ..sampling.generate import SampleConfig, sample_to_files
+    from .export import backend_pipeline
 
     values = _tuples(given(args, SampleConfig), "contexts", "mix")
-    result = sample_to_files(SampleConfig(**values))
+    config = SampleConfig(**values)
+    result = sample_to_files(config, None if args.backend is None else backend_pipeline(config, args.backend))
     if not reports():
         return 0
     per_image = result.seconds / result.count
@@ -66,9 +78,11 @@ def _sample(args) -> int:
             "the textbook DDPM over all steps: --sampler ddpm --guidance 1"
         print(f"the model card's recommendation for {' and '.join(carded)}: {used['sampler']}{steps}, guidance "
               f"{used['guidance']:g} ({other})")
-    if result.note:
-        print(result.note)
-    print(f"{result.count} images with {used['sampler']}, {result.nfe} network evaluations each: "
+    levers = [text + (" (the model card's)" if key not in values else "") for key, text in _levers(used).items()]
+    if result.note or levers:
+        print("; ".join(([result.note] if result.note else []) + levers))
+    guide = f" ({used['nfe_guide']} of them the guide's)" if used.get("nfe_guide") else ""
+    print(f"{result.count} images with {used['sampler']}, {result.nfe} network evaluations each{guide}: "
           f"{result.seconds:.2f} s wall time ({per_image * 1000:.1f} ms per image)")
     _wrote(result.paths)
     return 0
@@ -160,6 +174,13 @@ def _interpolate(args) -> int:
           f"{r.seconds:.2f} s")
     _wrote(r.paths)
     return 0
+
+
+def _levers(used: dict) -> dict:
+    """What the guidance levers used read as, by setting."""
+    interval, guide = used.get("guidance_interval"), used.get("guide")
+    return {**({"guidance_interval": f"guided only where (t+1)/T is in ({interval[0]:g}, {interval[1]:g}]"}
+               if interval else {}), **({"guide": f"autoguidance by {guide}"} if guide else {})}
 
 
 # ---------------------------------------------------------------------- shared

@@ -1,7 +1,8 @@
 """Context vectors that steer generation: categories (one-hot or mixtures), text, vectors, or nothing.
 
 A context is a float vector of width ``D``. The all-zero vector is the null context: it means
-"unconditional" and is what training substitutes when it drops the context for guidance.
+"unconditional" and is what training substitutes when it drops the context for guidance. A text context
+with ``tokens = L`` is still one vector: ``[pooled | token 1 | … | token L]`` (``conditioning.text``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from ..errors import UsageError, bad_value
 from ..store.modelfile import CONTEXT
 from ..store.schema import class_name, validate
-from ..vocab import CONTEXT_KINDS, NULL_WORDS
-from .text import get_encoder, resolve_encoder
+from ..vocab import CONTEXT_KINDS, MAX_TOKENS, NULL_WORDS
+from .text import encode, get_encoder, resolve_encoder
 
 _TERM = re.compile(r"^\s*([^=]+?)\s*(?:=\s*(\S+)\s*)?$")
 
@@ -30,6 +31,7 @@ class ContextSpec:
     width: int = 0
     names: tuple[str, ...] = ()
     encoder: str | None = None  # the text encoder of "text" contexts (e.g. all-MiniLM-L6-v2)
+    tokens: int = 0  # text: token rows after the pooled row, for cross-attention (0: the pooled design only)
 
     def __post_init__(self) -> None:
         if self.kind not in CONTEXT_KINDS:
@@ -38,11 +40,22 @@ class ContextSpec:
             raise UsageError(f"class context width {self.width} does not match its {len(self.names)} names")
         if self.kind == "none" and self.width != 0:
             raise bad_value("context width", self.width, "0 for an unconditional model")
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or not 0 <= self.tokens <= MAX_TOKENS:
+            raise bad_value("context tokens", self.tokens, f"a whole number from 0 to {MAX_TOKENS}")
+        if self.tokens and (self.kind != "text" or self.width % (1 + self.tokens)):
+            raise bad_value("context tokens", self.tokens, f"0 for a {self.kind!r} context of width {self.width} "
+                            "(token rows are for text contexts, [pooled | tokens] of one width each)")
+
+    @property
+    def pooled_width(self) -> int:
+        """The width of the pooled part: the whole vector unless the context carries token rows."""
+        return self.width // (1 + self.tokens)
 
     @staticmethod
-    def text(encoder: str) -> "ContextSpec":
+    def text(encoder: str, tokens: int = 0) -> "ContextSpec":
+        """A text context of ``encoder``: its pooled vector, then ``tokens`` token rows when ``tokens > 0``."""
         name, width = resolve_encoder(encoder)
-        return ContextSpec("text", width, (), name)
+        return ContextSpec("text", (1 + tokens) * width, (), name, tokens)
 
     @staticmethod
     def classes(names: Sequence[str]) -> "ContextSpec":
@@ -54,14 +67,15 @@ class ContextSpec:
         return ContextSpec("class", len(names), names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "width": self.width, "names": list(self.names), "encoder": self.encoder}
+        d = {"kind": self.kind, "width": self.width, "names": list(self.names), "encoder": self.encoder}
+        return {**d, "tokens": self.tokens} if self.tokens else d  # a pooled-only spec: as it always was
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ContextSpec":
         """From the ``context`` section of a ``config.json``: typed by ``modelfile.CONTEXT``, then what the
         kinds need (class: one name per column; text: a known encoder of this width; vector: a width)."""
         d = validate(d, CONTEXT, "context")
-        spec = ContextSpec(d["kind"], d["width"], tuple(d.get("names") or ()), d.get("encoder"))
+        spec = ContextSpec(d["kind"], d["width"], tuple(d.get("names") or ()), d.get("encoder"), d.get("tokens", 0))
         if spec.kind != "class" and spec.names:
             raise bad_value("context.names", list(spec.names), f"no names for a {spec.kind!r} context")
         if spec.kind == "class" and not spec.names:
@@ -72,8 +86,9 @@ class ContextSpec:
             if not spec.encoder:
                 raise bad_value("context.encoder", spec.encoder, "the text encoder's name for a text context")
             name, width = resolve_encoder(spec.encoder)
-            if width != spec.width:
-                raise bad_value("context.width", spec.width, f"{width}, the width of the encoder {name}")
+            if (1 + spec.tokens) * width != spec.width:
+                raise bad_value("context.width", spec.width, f"{(1 + spec.tokens) * width}, the width of the encoder "
+                                f"{name}" + (f" times 1 + {spec.tokens} token rows" if spec.tokens else ""))
         elif spec.encoder is not None:
             raise bad_value("context.encoder", spec.encoder, f"null for a {spec.kind!r} context")
         return spec
@@ -118,20 +133,23 @@ class ContextSpec:
         return torch.stack([self.parse(t) for t in texts]) if texts else torch.zeros(0, self.width)
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompts to ``[N, D]`` unit vectors with this spec's text encoder (loaded lazily)."""
+        """Prompts to ``[N, D]`` rows with this spec's text encoder (loaded lazily): unit vectors, or with token
+        rows ``[pooled | tokens]`` of unit rows and zero padding."""
         if self.kind != "text" or not self.encoder:
             raise bad_value("prompt", list(prompts)[:1], f"a class name or mixture: this model's context is {self.kind!r}")
-        return get_encoder(self.encoder).encode(list(prompts)).float()
+        return encode(get_encoder(self.encoder), list(prompts), self.tokens)
 
     def mix(self, a: str, b: str, weights: Sequence[float]) -> torch.Tensor:
-        """Rows interpolating prompt/context ``a`` to ``b``: ``(1-w)·c(a) + w·c(b)``, renormalised for text."""
+        """Rows interpolating prompt/context ``a`` to ``b``: ``(1-w)·c(a) + w·c(b)``, renormalised for text (the
+        pooled row and each token row that is not padding in both)."""
         for w in weights:
             if not 0.0 <= w <= 1.0:
                 raise bad_value("mix", w, "weights from 0 (the first prompt) to 1 (the second)")
         ca, cb = self.parse_many([a, b])
         rows = torch.stack([(1 - w) * ca + w * cb for w in weights])
-        if self.kind == "text":  # the network saw unit vectors
-            rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        if self.kind == "text":  # the network saw unit vectors (rows of them with tokens; padding stays zero)
+            parts = rows.reshape(len(rows), 1 + self.tokens, self.pooled_width)
+            rows = (parts / parts.norm(dim=2, keepdim=True).clamp(min=1e-12)).reshape(len(rows), self.width)
         return rows
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:

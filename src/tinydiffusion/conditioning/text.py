@@ -2,7 +2,11 @@
 
 ``MiniLMEncoder`` (all-MiniLM-L6-v2, ``text`` extra, offline, sha256-checked) or ``HashEncoder``
 (hashed words, no extra, for tests). MiniLM is slow on a CPU, so ``embed_captions`` caches a data
-set's embeddings as ``.npy`` keyed by encoder name and captions, readable without the encoder."""
+set's embeddings as ``.npy`` keyed by encoder name, token count and captions, readable without the encoder.
+
+With ``tokens = L > 0`` a row is ``[pooled | token 1 | … | token L]``, ``(1 + L) · width`` wide: the sentence
+vector, then the text's first ``L`` token states (unit rows; MiniLM's without [CLS]/[SEP], the hash encoder's one
+per word), all-zero rows after the text's last token, for the networks' cross-attention."""
 
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ class TextEncoder(Protocol):
     name: str
     width: int
 
-    def encode(self, texts: list[str]) -> torch.Tensor: ...  # float32 [N, width], rows of unit L2 norm
+    # float32 [N, (1 + tokens) · width]: the unit pooled row, then ``tokens`` unit token rows or zero padding
+    def encode(self, texts: list[str], *, tokens: int = 0) -> torch.Tensor: ...
 
 
 class HashEncoder:
@@ -52,7 +57,7 @@ class HashEncoder:
         self.width = width
         self.name = f"hash-{width}"
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def encode(self, texts: list[str], *, tokens: int = 0) -> torch.Tensor:
         out = torch.zeros(len(texts), self.width)
         for i, text in enumerate(texts):
             for word in _WORD.findall(str(text).lower()) or [""]:  # no words: the empty word
@@ -60,7 +65,17 @@ class HashEncoder:
                     out[i, bucket] += sign
         # Words can cancel out in a tiny width: such rows become the first axis, still a unit vector
         out[out.norm(dim=1) < 1e-6, 0] = 1.0
-        return torch.nn.functional.normalize(out, dim=1)
+        pooled = torch.nn.functional.normalize(out, dim=1)
+        if not tokens:
+            return pooled
+        rows = torch.zeros(len(texts), tokens, self.width)  # one unit row per word (its buckets), up to ``tokens``
+        for i, text in enumerate(texts):
+            for j, word in enumerate(_WORD.findall(str(text).lower())[:tokens]):
+                for bucket, sign in _word_buckets(word, self.width, self.buckets_per_word):
+                    rows[i, j, bucket] += sign
+                if rows[i, j].norm() < 1e-6:  # cancelled out: a word must not read as padding
+                    rows[i, j, 0] = 1.0
+        return torch.cat([pooled, torch.nn.functional.normalize(rows, dim=2).flatten(1)], dim=1)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -101,13 +116,27 @@ class MiniLMEncoder:
                 hf_logging.enable_progress_bar()
         self.max_tokens = int(self.model.max_seq_length)
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    def encode(self, texts: list[str], batch_size: int = 64, *, tokens: int = 0) -> torch.Tensor:
         texts = [str(t) for t in texts]
         if not texts:
-            return torch.zeros(0, self.width)
+            return torch.zeros(0, (1 + tokens) * self.width)
         self._warn_truncated(texts)
+        if tokens:
+            return self._encode_tokens(texts, batch_size, tokens)
         emb = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
         return torch.from_numpy(np.asarray(emb, dtype=np.float32)).reshape(len(texts), self.width)
+
+    def _encode_tokens(self, texts: list[str], batch_size: int, tokens: int) -> torch.Tensor:
+        """One pass giving the pooled vector and the token states (MiniLM is bidirectional: every state has read
+        the whole prompt): the states of the text's own tokens, [CLS], [SEP] and padding dropped, first ``tokens``."""
+        outs = self.model.encode(texts, batch_size=batch_size, output_value=None, show_progress_bar=False)
+        rows = torch.zeros(len(texts), 1 + tokens, self.width)
+        for i, out in enumerate(outs):
+            rows[i, 0] = out["sentence_embedding"].float().cpu()
+            n = int(out["attention_mask"].sum())  # [CLS] text [SEP], then padding
+            states = out["token_embeddings"][1:n - 1][:tokens].float().cpu()
+            rows[i, 1:1 + len(states)] = states
+        return torch.nn.functional.normalize(rows, dim=2).flatten(1)  # unit rows; padding stays zero
 
     def _warn_truncated(self, texts: list[str]) -> None:
         """One warning per text longer than ``max_seq_length`` tokens, showing what the encoder drops."""
@@ -164,17 +193,17 @@ def default_cache_dir(data_source: str) -> Path:
     return Path(data_source).expanduser().resolve().parent / ".tinydiffusion-cache"
 
 
-def cache_path(captions: Sequence[str], encoder_name: str, cache_dir: str | Path) -> Path:
-    """``<cache_dir>/captions-<encoder>-<first 16 hex of sha256 over the captions>.npy``."""
+def cache_path(captions: Sequence[str], encoder_name: str, cache_dir: str | Path, tokens: int = 0) -> Path:
+    """``<cache_dir>/captions-<encoder>[-tokens<L>]-<first 16 hex of sha256 over the captions>.npy``."""
     # JSON of the list keeps caption boundaries unambiguous (no join separator can collide)
     digest = hashlib.sha256(json.dumps([str(c) for c in captions], ensure_ascii=False).encode("utf-8"))
-    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", encoder_name)
+    safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", encoder_name) + (f"-tokens{tokens}" if tokens else "")
     return Path(cache_dir) / f"captions-{safe_name}-{digest.hexdigest()[:16]}.npy"
 
 
 def embed_captions(captions: Sequence[str], encoder: TextEncoder | str, cache_dir: str | Path | None = None,
-                   *, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """float32 ``[N, width]`` embeddings of a data set's captions, computed once and cached.
+                   *, batch_size: int = 64, progress: bool = True, tokens: int = 0) -> torch.Tensor:
+    """float32 ``[N, (1 + tokens) · width]`` embeddings of a data set's captions, computed once and cached.
 
     ``encoder`` is an encoder or a name; by name a cache hit never loads it (a machine without the
     extra trains from a precomputed cache). Cache in ``cache_dir``, else the user cache, else none.
@@ -183,11 +212,12 @@ def embed_captions(captions: Sequence[str], encoder: TextEncoder | str, cache_di
         raise bad_value("batch_size", batch_size, "a positive integer")
     captions = [str(c) for c in captions]
     name, width = resolve_encoder(encoder) if isinstance(encoder, str) else (encoder.name, encoder.width)
+    width *= 1 + tokens
     folders = ([Path(cache_dir)] if cache_dir is not None else []) + [user_cache_dir()]
 
     # 1. A cache hit in any of the folders (a read-only precomputed cache counts)
     for folder in folders:
-        cached = _read_cache(cache_path(captions, name, folder), len(captions), width)
+        cached = _read_cache(cache_path(captions, name, folder, tokens), len(captions), width)
         if cached is not None:
             return cached
 
@@ -199,7 +229,7 @@ def embed_captions(captions: Sequence[str], encoder: TextEncoder | str, cache_di
               disable=not progress or not captions) as bar:
         for start in range(0, len(captions), batch_size):
             batch = captions[start:start + batch_size]
-            parts.append(encoder.encode(batch).to(torch.float32).cpu())  # [b, width]
+            parts.append(encode(encoder, batch, tokens).cpu())  # [b, width]
             bar.update(len(batch))
     embeddings = torch.cat(parts) if parts else torch.zeros(0, width)
 
@@ -207,13 +237,18 @@ def embed_captions(captions: Sequence[str], encoder: TextEncoder | str, cache_di
     errors = []
     for folder in folders:
         try:
-            atomic_write(cache_path(captions, name, folder), lambda f: np.save(f, embeddings.numpy()))
+            atomic_write(cache_path(captions, name, folder, tokens), lambda f: np.save(f, embeddings.numpy()))
             break
         except (OSError, UsageError) as e:  # a full or read-only disk: the cache is only an optimisation
             errors.append(f"{folder}: {getattr(e, 'strerror', None) or e}")
     else:
         warnings.warn(f"caption embeddings not cached ({'; '.join(errors)}); computed again next time", stacklevel=2)
     return embeddings
+
+
+def encode(encoder: TextEncoder, texts: list[str], tokens: int = 0) -> torch.Tensor:
+    """float32 ``[N, (1 + tokens) · width]`` rows of ``encoder`` (``tokens`` 0: its pooled vectors, as always)."""
+    return (encoder.encode(texts, tokens=tokens) if tokens else encoder.encode(texts)).to(torch.float32)
 
 
 def _read_cache(path: Path, n: int, width: int) -> torch.Tensor | None:

@@ -38,6 +38,17 @@ def tail_length(strength: float, steps: int) -> int:
     return max(1, min(steps, math.floor(strength * steps + 0.5)))
 
 
+def check_keeps_input(strength: float, steps: int) -> None:
+    """Refuse a strength below 1 that rounds to the whole ``steps``-step grid: the run would start from pure noise
+    and silently ignore the input (every strength does on a 1-step grid, e.g. a 1-step student)."""
+    if strength < 1 and tail_length(strength, steps) == steps:
+        raise bad_value("strength", strength, "1 (the whole grid, from pure noise: sample) on a grid of one step, "
+                                              "which cannot keep part of the input; edit with a model that takes "
+                                              "more steps (a student's teacher)" if steps == 1 else
+                        f"a strength below {(steps - 0.5) / steps:g} that keeps part of the input (with {steps} steps "
+                        f"it rounds to all {steps}, which ignores the input), or 1 to sample from pure noise")
+
+
 def check_strength(strength: float) -> float:
     return checks.finite("strength", strength, low=0, high=1, low_open=True,
                          allowed="a number in (0, 1]: 1 ignores the input, small values keep it")

@@ -19,8 +19,9 @@ import numpy as np
 
 from .. import checks
 from ..errors import UsageError, bad_value
+from .folders import load_folder
 from .sources import (EMBEDDED, FOLDER_SIZE, SOURCES, Dataset, check_images, check_source, from_arrays,
-                      load_course_arrays, load_folder, load_npz, npy_header, read_array, read_npz)
+                      load_course_arrays, load_npz, npy_header, read_array, read_npz)
 
 PACK_FORMAT = "tinydiffusion-packed-1"
 

@@ -19,7 +19,8 @@ from ..errors import UsageError, bad_value
 from ..store.files import atomic_write, save_npz
 from ..store.imagefile import BadImageFile, read_image, resize_square
 from .load import PACK_FORMAT, fingerprint, load_packed, load_source, sidecar
-from .sources import EMBEDDED, FOLDER_SIZE, Dataset, check_source, folder_files
+from .folders import folder_files
+from .sources import EMBEDDED, FOLDER_SIZE, Dataset, check_source
 
 
 def pack_dataset(source: str, out: str | Path, *, labels: str | None = None, class_names: list[str] | None = None,
@@ -58,8 +59,8 @@ def pack_dataset(source: str, out: str | Path, *, labels: str | None = None, cla
         dataset = load_source(source, labels, class_names, None, skip_bad_files, mmap_arrays=True)
         size, n = size or dataset.size, len(dataset)
         rows = _array_rows(dataset.images, size)
-        meta = {k: v for k, v in (("class_names", dataset.class_names), ("labels", dataset.labels),
-                                  ("captions", dataset.captions), ("paths", dataset.paths)) if v is not None and len(v)}
+        fields = ("class_names", "labels", "captions", "paths", "alt_captions", "split")
+        meta = {k: getattr(dataset, k) for k in fields if getattr(dataset, k) is not None and len(getattr(dataset, k))}
     checks.disk("out", str(out), n * size * size * 3, out, f"packed set ({n} images at {size}×{size})")
     atomic_write(out, lambda f: _write_packed(f, rows, n, size, meta, found, out))
     return replace(load_packed(out), skipped=found.get("skipped", 0))

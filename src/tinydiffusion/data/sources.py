@@ -18,8 +18,9 @@ from PIL import Image
 
 from .. import checks
 from ..errors import UsageError, bad_value
-from ..store.imagefile import BadImageFile, read_image, resize_square
+from ..store.imagefile import resize_square
 from ..store.modelfile import class_name
+from ..vocab import HELD_OUT
 
 EMBEDDED = {"sprites": "sprites.npz", "emoji": "emoji.npz"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -36,6 +37,8 @@ class Dataset:
     paths: np.ndarray | None = None  # str [N], where each image came from
     name: str = ""
     skipped: int = 0  # bad files skipped while loading
+    alt_captions: np.ndarray | None = None  # str [N]: each image's captions (the first one too), "|" between them
+    split: np.ndarray | None = None  # int8 [N]: HELD_OUT for images kept out of training (to measure on), else 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -54,12 +57,25 @@ class Dataset:
             return {}
         return {n: int(c) for n, c in zip(self.class_names, np.bincount(self.labels, minlength=len(self.class_names)))}
 
+    def part(self, held_out: bool) -> "Dataset":
+        """The images training sees (``held_out=False``: all of them when the set has no ``split``) or the ones it
+        never sees, kept for measuring (``True``: none without a ``split``); a copy in RAM."""
+        keep = (self.split == HELD_OUT) if self.split is not None else np.full(len(self), held_out)
+        keep = keep if held_out else ~keep
+        if keep.all():
+            return self
+        pick = np.flatnonzero(keep)
+        take = (lambda a: None if a is None else a[pick])
+        return replace(self, images=np.asarray(self.images[pick]), labels=take(self.labels),
+                       captions=take(self.captions), paths=take(self.paths), alt_captions=take(self.alt_captions),
+                       split=take(self.split))
+
     def resized(self, size: int) -> "Dataset":
         """Every image resized to ``size × size`` (box filter for whole-number shrink factors), in RAM."""
         if size == self.size and self.images.shape[2] == size:
             return self
         hint = f" (pack it at that size, `tinydiffusion data pack ... --image-size {size}`, to train from disk)"
-        _fits("image_size", size, len(self) * size * size * 3, f"{len(self)} resized images", hint)
+        fits("image_size", size, len(self) * size * size * 3, f"{len(self)} resized images", hint)
         out = np.empty((len(self), size, size, 3), np.uint8)
         for i in range(len(self)):  # row by row: a memory-mapped set is read once, never held whole
             out[i] = np.asarray(resize_square(Image.fromarray(np.asarray(self.images[i])), size))
@@ -91,7 +107,7 @@ def read_npz(path, where: str) -> dict[str, np.ndarray]:
         raise UsageError(f"{where} is not an .npz archive (a zip of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as d:
-            _fits("data", str(path), sum(_member_bytes(d.zip, info, where) for info in d.zip.infolist()), "arrays")
+            fits("data", str(path), sum(_member_bytes(d.zip, info, where) for info in d.zip.infolist()), "arrays")
             return {k: d[k] for k in d.files}
     except UsageError:
         raise
@@ -117,20 +133,27 @@ def _member_bytes(archive, info, where: str) -> int:
 
 def from_arrays(arrays: dict[str, np.ndarray], where: str, name: str, images: np.ndarray | None = None) -> Dataset:
     """A Dataset from named arrays, each checked: images, labels (one class index per image),
-    class_names, captions and paths (one string per image). Other arrays are ignored."""
+    class_names, captions, paths and alt_captions (one string per image), split (0 or HELD_OUT per image). Other
+    arrays are ignored."""
     if images is None:
         if "images" not in arrays:
             raise UsageError(f"{where} has no 'images' array (it has {sorted(arrays)})")
         images = check_images(arrays["images"], where)
     n = len(images)
-    names = _check_names(arrays["class_names"], where) if "class_names" in arrays else ()
+    names = check_names(arrays["class_names"], where) if "class_names" in arrays else ()
     labels = arrays.get("labels")
     if labels is not None:
         if not names:
             raise UsageError(f"{where} has 'labels' but no 'class_names'; expected both (labels index the names)")
         labels = check_labels(labels, n, len(names), where)
-    captions, paths = (_check_strings(arrays.get(k), n, k, where) for k in ("captions", "paths"))
-    return Dataset(images, labels, names, captions, paths, name)
+    captions, paths, alts = (_check_strings(arrays.get(k), n, k, where) for k in ("captions", "paths", "alt_captions"))
+    split = arrays.get("split")
+    if split is not None and (split.shape != (n,) or split.dtype.kind not in "iu" or
+                              not np.isin(split, (0, HELD_OUT)).all()):
+        raise UsageError(f"split in {where} has shape {split.shape} and dtype {split.dtype}; expected one 0 (training) "
+                         f"or {HELD_OUT} (held out) per image")
+    return Dataset(images, labels, names, captions, paths, name, alt_captions=alts,
+                   split=None if split is None else split.astype(np.int8))
 
 
 def load_course_arrays(images_path: Path, labels_path: str | None, class_names: list[str] | None, *,
@@ -151,7 +174,7 @@ def load_course_arrays(images_path: Path, labels_path: str | None, class_names: 
     names = tuple(str(n) for n in class_names) if class_names else tuple(f"class{k}" for k in range(K))
     if len(names) != K:
         raise bad_value("class_names", list(names), f"{K} names, one per label column")
-    _check_names(np.array(names), "class_names")
+    check_names(np.array(names), "class_names")
     return Dataset(images, one_hot.argmax(axis=1).astype(np.int64), names, name=images_path.stem)
 
 
@@ -163,7 +186,7 @@ def read_array(path: Path, param: str, *, mmap_arrays: bool = False) -> np.ndarr
         raise bad_value(param, str(path), "an existing .npy file")
     shape, dtype = npy_header(path, param)
     if not mmap_arrays:
-        _fits(param, str(path), int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, "array")
+        fits(param, str(path), int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, "array")
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap_arrays else None)
     except Exception as e:  # truncated data: ValueError, EOFError, OSError
@@ -210,7 +233,7 @@ def check_labels(labels: np.ndarray, n: int, k: int, where: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _check_names(names: np.ndarray, where: str) -> tuple[str, ...]:
+def check_names(names: np.ndarray, where: str) -> tuple[str, ...]:
     if names.ndim != 1 or names.dtype.kind not in "US" or not 1 <= len(names) <= 10_000:
         raise UsageError(f"class_names in {where} have shape {names.shape} and dtype {names.dtype}; "
                          f"expected a list of 1 to 10000 strings")
@@ -232,42 +255,8 @@ def _check_strings(values: np.ndarray | None, n: int, key: str, where: str) -> n
     return values
 
 
-# ---------------------------------------------------------------------- image folders
-def load_folder(root: Path, size: int, *, skip_bad_files: bool = False) -> Dataset:
-    """One sub-folder per class, PNG/JPEG inside, each centre-cropped to a square and resized."""
-    files, names = folder_files(root)
-    _fits("data", str(root), len(files) * size * size * 3, f"{len(files)} images at {size}×{size}")
-    images = np.empty((len(files), size, size, 3), np.uint8)
-    labels, paths, skipped = [], [], 0
-    for file, k in files:
-        try:
-            images[len(labels)] = read_image(file, size)
-        except BadImageFile:
-            if not skip_bad_files:
-                raise
-            skipped += 1
-            continue
-        labels.append(k)
-        paths.append(str(file.relative_to(root)))
-    if not labels:
-        raise UsageError(f"data folder {root} holds no readable PNG or JPEG images")
-    return Dataset(images[:len(labels)], np.array(labels, dtype=np.int64), names, paths=np.array(paths),
-                   name=root.name, skipped=skipped)
-
-
-def folder_files(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
-    """``[(file, class index)]`` of the PNG/JPEG files under each class sub-folder, and the class names."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise UsageError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>.png)")
-    names = _check_names(np.array([d.name for d in class_dirs]), f"data folder {root} (its sub-folder names)")
-    files = [(file, k) for k, class_dir in enumerate(class_dirs) for file in sorted(class_dir.rglob("*"))
-             if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("._")]
-    return files, names
-
-
 # ---------------------------------------------------------------------- shared helpers
-def _fits(param: str, value: Any, nbytes: float, what: str, hint: str = "") -> None:
+def fits(param: str, value: Any, nbytes: float, what: str, hint: str = "") -> None:
     """``checks.memory``, with a hint at packing: a set larger than RAM trains from disk."""
     try:
         checks.memory(param, value, nbytes, what)

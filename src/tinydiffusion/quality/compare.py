@@ -19,7 +19,7 @@ import torch
 from .. import checks
 from ..errors import bad_value
 from ..runtime import shard
-from ..runtime.dist import DistInfo
+from ..runtime.dist import DistInfo, agree
 from ..sampling.card import parse_setting
 from ..sampling.pipeline import load
 from ..sampling.plans import counting_evaluations
@@ -36,10 +36,12 @@ DEFAULT_SETTINGS = ("ddpm:500", "ddpm:250", "ddpm:100", "ddim:10", "ddim:20", "d
 class CompareConfig:
     model: str
     settings: tuple[str, ...] = DEFAULT_SETTINGS
-    evaluator: str = "sprites"
+    evaluator: str | None = None  # None: the shipped sprites evaluator
     data: str | None = None
     per_class: int = 50
     guidance: float | None = None  # None: the model card's; a student always samples with its own
+    guidance_interval: tuple[float, float] | None = None  # None: the card's (students: none)
+    guide: str | None = None  # autoguidance's guide model; None: the card's; "none": none (students: none)
     students: tuple[str, ...] = ()  # distilled students (model or distill folders) added at their step counts
     seed: int = 1000
     batch_size: int = 128
@@ -92,7 +94,7 @@ def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
     if pipe.distilled and tuple(texts) == DEFAULT_SETTINGS:  # a student: its own sampler at its step counts
         texts = [f"{pipe.distilled['sampler']}:{k}" for k in pipe.distilled["steps"]]
     settings = [parse_setting(s) for s in texts]
-    ev = load_evaluator(config.evaluator)
+    ev = load_evaluator(config.evaluator or "sprites")
     check_class_model(pipe, ev, "compare")
     names, K = list(pipe.context.names), len(pipe.context.names)
     entries = []  # (row label, line label, pipeline, plan)
@@ -100,7 +102,8 @@ def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
         if steps > pipe.schedule.T:
             raise bad_value("settings", f"{name}:{steps}", f"STEPS in 1..{pipe.schedule.T} (the model's T)")
         plan = pipe.plan(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
-                         guidance=config.guidance, batch_size=config.batch_size, precision=config.precision)
+                         guidance=config.guidance, guidance_interval=config.guidance_interval, guide=config.guide,
+                         batch_size=config.batch_size, precision=config.precision)
         entries.append((f"{name}:{steps}", name, pipe, plan))
     for path in student_models(config.students):
         student = load(path, device=info.device)
@@ -114,12 +117,13 @@ def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
             entries.append((f"{d['method']}:{k}", f"{d['method']} student", student, plan))
     for _, _, p, plan in entries:
         check_memory(p, plan, ev, config.per_class, info)
-    real = real_reference(ev, config.data or pipe.config.get("training", {}).get("data", "sprites"),
-                          pipe.image_size) if info.is_main else None
+    data, found = config.data or pipe.config.get("training", {}).get("data", "sprites"), []
+    agree(lambda: found.append(real_reference(ev, data, pipe.image_size)), info)  # a refusal on rank 0 is every rank's
+    real = found[0] if found else None
     labels = torch.arange(K).repeat_interleave(config.per_class)
     rows, strips = [], []
     for label, line, p, plan in tqdm(entries, desc="compare", disable=not config.progress or not info.is_main):
-        with counting_evaluations(p.model) as evaluated:
+        with counting_evaluations(p.model, plan.guide) as evaluated:  # autoguidance's guide counts too
             t0 = time.perf_counter()
             samples = shard.sample(p, plan, info)
             seconds = time.perf_counter() - t0
@@ -130,7 +134,7 @@ def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
         nfe = evaluated[0] // plan.images_in(shard.my_batches(plan.batches, info))  # per image, both guided halves
         rows.append({"setting": label, "sampler": line, "steps": plan.steps, "nfe": nfe,
                      "guidance": p.resolve(None, None, config.guidance)[2] if p is pipe else p.distilled["guidance"],
-                     "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})
+                     **plan.levers, "seconds": round(seconds, 3), "images_per_second": round(len(samples) / seconds, 2), **result})
         strips.append(to_uint8(samples[[k * config.per_class + j for j in range(2) for k in range(K)]]))
     if info.is_main:
         _speedups(rows)

@@ -22,7 +22,7 @@ from ..data.batches import as_tensor, make_batch
 from ..data.load import load_dataset
 from ..errors import UsageError, bad_value
 from ..runtime import shard
-from ..runtime.dist import DistInfo
+from ..runtime.dist import DistInfo, agree
 from ..sampling.pipeline import Pipeline, load
 from ..sampling.plans import SamplePlan, batch_bytes
 from ..store.files import atomic_write, user_cache_dir, write_json
@@ -30,6 +30,7 @@ from ..store.pictures import grid, save_picture, to_uint8
 from ..vocab import PRECISIONS
 from . import metrics
 from .featurenet import Evaluator, load_evaluator
+from .prompts import prompt_following
 
 BOOTSTRAPS = 20
 MEMO_THRESHOLD = 0.1  # a copy: nearest training image closer than this RMS pixel distance in [-1, 1] units ...
@@ -39,12 +40,15 @@ MEMO_RATIO = 0.5  # ... and closer than this share of the mean distance to its 5
 @dataclass(frozen=True)
 class EvalConfig:
     model: str
-    evaluator: str = "sprites"
+    evaluator: str | None = None  # None: the shipped one of the model's data (sprites; emoji for a text model)
     data: str | None = None  # default: the data the model was trained on
     per_class: int = 200
+    per_prompt: int = 8  # a text model: samples per prompt (held-out captions and paraphrases)
     sampler: str | None = None  # None (with steps and guidance): the model card's (recommended) settings
     steps: int | None = None
     guidance: float | None = None
+    guidance_interval: tuple[float, float] | None = None  # None: the model card's (else everywhere)
+    guide: str | None = None  # autoguidance's guide model; None: the model card's; "none": none
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
@@ -71,7 +75,7 @@ def check_sampling_settings(config) -> None:
     """The settings ``EvalConfig`` and ``CompareConfig`` share: model, evaluator, data, counts, seeds, precision."""
     for key in ("model", "evaluator"):
         value = getattr(config, key)
-        if not isinstance(value, (str, Path)) or not str(value).strip():
+        if (value is not None or key == "model") and (not isinstance(value, (str, Path)) or not str(value).strip()):
             raise bad_value(key, value, "a shipped name or a folder")
     if config.data is not None and (not isinstance(config.data, (str, Path)) or not str(config.data).strip()):
         raise bad_value("data", config.data, "a data set name or path, or None (the model's training data)")
@@ -80,6 +84,10 @@ def check_sampling_settings(config) -> None:
     checks.seed("seed", config.seed, per_class)
     if config.guidance is not None:  # None: the model card's
         checks.guidance(config.guidance)
+    if config.guidance_interval is not None:
+        checks.guidance_interval(config.guidance_interval)
+    if config.guide is not None and (not isinstance(config.guide, (str, Path)) or not str(config.guide).strip()):
+        raise bad_value("guide", config.guide, "a model folder or a shipped name ('none': no guide), or None")
     checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
     checks.choice("precision", config.precision, PRECISIONS)
     if not isinstance(config.device, str):
@@ -163,14 +171,19 @@ def evaluate(config: EvalConfig, pipeline: Pipeline | None = None, evaluator: Ev
 
 def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluator | None, info: DistInfo) -> dict:
     pipe = pipeline or load(config.model, device=info.device)
-    ev = evaluator or load_evaluator(config.evaluator)
+    data = config.data or pipe.config.get("training", {}).get("data", "sprites")
+    ev = evaluator or load_evaluator(config.evaluator or (data if pipe.context.kind == "text" else "sprites"))
+    if pipe.context.kind == "text":
+        return _evaluate_prompts(config, pipe, ev, data, info)
     check_class_model(pipe, ev, "eval")
     sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
     plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=sampler,
-                     steps=steps, guidance=guidance, batch_size=config.batch_size, precision=config.precision)
+                     steps=steps, guidance=guidance, guidance_interval=config.guidance_interval, guide=config.guide,
+                     batch_size=config.batch_size, precision=config.precision)
     check_memory(pipe, plan, ev, config.per_class, info)
-    data = config.data or pipe.config.get("training", {}).get("data", "sprites")
-    real = real_reference(ev, data, pipe.image_size) if info.is_main else None
+    found: list[RealReference] = []  # rank 0 reads the real data; a refusal there is every rank's (all exit 2)
+    agree(lambda: found.append(real_reference(ev, data, pipe.image_size)), info)
+    real = found[0] if found else None
     t0 = time.perf_counter()
     samples = shard.sample(pipe, plan, info)
     seconds = time.perf_counter() - t0
@@ -182,10 +195,29 @@ def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluato
         report = {"model": str(config.model), "data": data, "samples": len(samples), **result,
                   "seconds": round(seconds, 2), "images_per_second": round(len(samples) / seconds, 2),
                   "evaluator_holdout_accuracy": ev.accuracy,
-                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance}}
+                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance,
+                               **plan.levers}}
         out = Path(config.out)
         _closest_pairs_grid(samples, real.images, memo, out.with_name(out.stem + "_closest.png"))
         write_json(out, report)  # last: a report on disk means its grid is there too
+    return shard.broadcast(report, info)
+
+
+def _evaluate_prompts(config: EvalConfig, pipe: Pipeline, ev: Evaluator, data: str, info: DistInfo) -> dict:
+    """A text model: prompt following (``prompts.py``) on held-out captions and paraphrases, beside the ceilings."""
+    checks.integer("per_prompt", config.per_prompt, low=1, high=10_000, allowed="an integer number of samples in 1..10000")
+    sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
+    t0 = time.perf_counter()
+    found = prompt_following(pipe, ev, data, info, per_prompt=config.per_prompt, seed=config.seed, sampler=sampler,
+                             steps=steps, guidance=guidance, guidance_interval=config.guidance_interval,
+                             guide=config.guide, batch_size=config.batch_size, precision=config.precision)
+    report = None
+    if info.is_main:
+        seconds = time.perf_counter() - t0
+        report = {"model": str(config.model), "data": data, "prompt_following": found, "seconds": round(seconds, 2),
+                  "evaluator_holdout_accuracy": ev.accuracy,
+                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance}}
+        write_json(Path(config.out), report)
     return shard.broadcast(report, info)
 
 

@@ -25,8 +25,9 @@ from ..data.load import load_dataset
 from ..errors import UsageError, bad_value
 from ..runtime.dist import resolve_device
 from ..store.checkpoint import WEIGHTS, check_weights, export_model, read_model
+from ..vocab import HELD_OUT
 
-SHIPPED = {"sprites": "evaluators/sprites"}
+SHIPPED = {"sprites": "evaluators/sprites", "emoji": "evaluators/emoji"}
 
 
 class EvaluatorNet(nn.Module):
@@ -147,12 +148,20 @@ def split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
+def holdout_split(dataset, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held-out)`` indices: the data set's own ``split`` when it has one (the images no diffusion model
+    trains on either), else a stratified ``split`` of ``holdout`` per class."""
+    if dataset.split is not None:
+        return np.flatnonzero(dataset.split != HELD_OUT), np.flatnonzero(dataset.split == HELD_OUT)
+    return split(dataset.labels, holdout, seed)
+
+
 def train_evaluator(config: EvaluatorConfig) -> Evaluator:
     """Train on the labelled data set with a held-out split; export to ``config.out``."""
     dataset = load_dataset(config.data, size=config.size)
     if dataset.labels is None:
         raise UsageError(f"data {config.data!r} has no class labels: an evaluator needs labelled images")
-    train_idx, test_idx = split(dataset.labels, config.holdout, config.seed)  # one split for every member
+    train_idx, test_idx = holdout_split(dataset, config.holdout, config.seed)  # one split for every member
     device = resolve_device(config.device)
     images, labels = as_tensor(dataset.images).to(device), torch.from_numpy(dataset.labels).to(device)
     torch.manual_seed(config.seed)

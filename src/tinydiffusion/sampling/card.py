@@ -5,24 +5,30 @@ the studio, so a setting left out means the same everywhere.
 Resolution: a sampler, step count or guidance scale that is given wins; one left out comes from the card;
 steps left out come from the card when the sampler is the card's (given or not), else from the sampler's
 own default (``vocab.DEFAULT_STEPS``). A model exported without a card recommends the textbook DDPM over
-all ``T`` steps, unguided.
+all ``T`` steps, unguided. The guidance levers resolve the same way: a guidance interval (``interval``) and an
+autoguidance guide (``guide``) given win, else the card's (``recommended.guidance_interval``, ``.guide``);
+``(0, 1)`` and ``"none"`` switch a card's off. With a guide, ``guidance`` is autoguidance's scale.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from .. import checks
 from ..errors import UsageError, bad_value
-from ..vocab import SAMPLERS, UNGUIDED, default_steps
+from ..vocab import GUIDANCE_EVERYWHERE, NO_GUIDE, SAMPLERS, UNGUIDED, default_steps
 
 TRAINED_SAMPLER, TRAINED_STEPS, TRAINED_GUIDANCE = "dpmpp_2m", 10, 3.0  # what train writes on a new model's card
 
 
 def recommended(config: dict[str, Any]) -> dict[str, Any]:
-    """The card's ``{"sampler", "steps", "guidance"}``; DDPM over all T, unguided, when the model has none."""
+    """The card's ``{"sampler", "steps", "guidance"}`` (and ``guidance_interval``, ``guide`` where it has them);
+    DDPM over all T, unguided, when the model has none."""
     card = config.get("recommended") or {}
     return {"sampler": card.get("sampler", "ddpm"), "steps": card.get("steps"),
-            "guidance": float(card.get("guidance", UNGUIDED))}
+            "guidance": float(card.get("guidance", UNGUIDED)),
+            **{key: card[key] for key in ("guidance_interval", "guide") if key in card}}
 
 
 def resolve(config: dict[str, Any], sampler: str | None = None, steps: int | None = None,
@@ -39,6 +45,47 @@ def resolve(config: dict[str, Any], sampler: str | None = None, steps: int | Non
     return sampler, steps, card["guidance"] if guidance is None else guidance
 
 
+def interval(config: dict[str, Any], given: Any = None) -> tuple[float, float] | None:
+    """The guidance interval ``(lo, hi)`` of a request (``core/guidance.py``: guided where ``(t + 1) / T`` is in
+    ``(lo, hi]``): ``given`` wins, else the card's; checked. ``None``: guidance everywhere (none, or ``(0, 1)``)."""
+    value = recommended(config).get("guidance_interval") if given is None else given
+    if value is None:
+        return None
+    value = checks.guidance_interval(value)
+    return None if value == GUIDANCE_EVERYWHERE else value
+
+
+def guide(config: dict[str, Any], given: Any = None) -> tuple[Any, bool]:
+    """``(guide, from the card)`` of a request: ``given`` (a loaded Pipeline, a model folder or a shipped name) wins
+    and ``"none"`` is none; else the card's ``recommended.guide`` (a folder relative to the model's, or a shipped
+    name). The caller loads it (``Pipeline.load_guide``) and checks that it fits (``check_guide``)."""
+    carded = given is None
+    given = recommended(config).get("guide") if carded else given
+    if isinstance(given, (str, Path)):
+        if not str(given).strip():
+            raise bad_value("guide", given, f"a model folder or a shipped name (or {NO_GUIDE!r}: no guide)")
+        if str(given).strip().lower() == NO_GUIDE:
+            return None, False
+    return given, carded and given is not None
+
+
+def check_guide(config: dict[str, Any], guide_config: dict[str, Any], where: str) -> None:
+    """Refuse a guide (whose ``config.json`` is ``guide_config``, found at ``where``) that cannot guide the model of
+    ``config``: a distilled student, or another image size, context, schedule or prediction."""
+    if guide_config.get("distilled"):
+        raise bad_value("guide", where, "an ordinary model: a distilled student has guidance folded in and samples "
+                                        "only in its own settings")
+    none = {"kind": "none", "width": 0}
+    for what, mine, its in (("image size", config["model"]["image_size"], guide_config["model"]["image_size"]),
+                            ("context", config.get("context", none), guide_config.get("context", none)),
+                            ("schedule", config["schedule"], guide_config["schedule"]),
+                            ("prediction", config.get("prediction", "eps"), guide_config.get("prediction", "eps"))):
+        if mine != its:
+            raise bad_value("guide", where, f"a model with this model's {what} ({mine}); the guide's is {its}: "
+                                            f"autoguidance needs a weaker model of the same task (the same recipe "
+                                            f"trained for fewer steps, or a smaller preset)")
+
+
 def for_training(context_kind: str, p_uncond: float, T: int) -> dict[str, Any]:
     """The card a training run writes: DPM-Solver++(2M) in 10 steps, guided (3) when the network also learned the
     unconditional model (context dropout); the compare table and the recipe study measured these best."""
@@ -48,10 +95,12 @@ def for_training(context_kind: str, p_uncond: float, T: int) -> dict[str, Any]:
 
 
 def check_distilled(distilled: dict[str, Any] | None, sampler: str, steps: int | None, guidance: float,
-                    guidance_rescale: float = 0.0, options: dict[str, Any] | None = None) -> None:
+                    guidance_rescale: float = 0.0, options: dict[str, Any] | None = None, *,
+                    interval: tuple[float, float] | None = None, guide: Any = None) -> None:
     """Refuse, naming the setting, what a student with this ``distilled`` card was not trained for: another
-    sampler, step count or guidance scale (it is inside the network), guidance rescale, another time grid,
-    DDIM noise. ``None`` (an ordinary model) passes. The studio calls it before any weights are read."""
+    sampler, step count or guidance scale (it is inside the network), guidance rescale, a guidance interval or
+    an autoguidance guide (as resolved by ``interval`` and ``guide``), another time grid, DDIM noise. ``None``
+    (an ordinary model) passes. The studio calls it before any weights are read."""
     d, options = distilled, options or {}
     if not d:
         return
@@ -67,6 +116,13 @@ def check_distilled(distilled: dict[str, Any] | None, sampler: str, steps: int |
                          f"another distillation (tinydiffusion distill TEACHER --guidance W)")
     if guidance_rescale:
         raise UsageError(f"guidance_rescale={guidance_rescale:g} is not one this model supports: {what}")
+    if interval is not None:
+        raise UsageError(f"guidance_interval={list(interval)} is not one this model supports: {what}, at every "
+                         f"step (omit it, or use the teacher)")
+    if guide is not None:
+        shown = guide if isinstance(guide, (str, Path)) else "a loaded Pipeline"
+        raise UsageError(f"guide={str(shown)!r} is not one this model supports: {what} (omit the guide, or "
+                         f"autoguide the teacher)")
     if options.get("spacing", "trailing") != "trailing":
         raise bad_value("spacing", options["spacing"], "'trailing' (the grid this student was distilled on)")
     if options.get("eta", 0):

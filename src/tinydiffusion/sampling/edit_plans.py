@@ -57,12 +57,7 @@ def plan_img2img(pipe: "Pipeline", images: torch.Tensor, context: ContextLike = 
         raise bad_value("strength", None, "a number in (0, 1]: how much of the time grid to run again")
     sampler, steps, guidance = pipe.resolve(sampler, steps, guidance)
     job, total, k = _plan(pipe, inputs, rows, count, strength, n, seed, sampler, steps, guidance, kwargs)
-    if k == total and strength < 1:  # the whole grid runs from pure noise: the input would be silently ignored
-        raise bad_value("strength", strength, "1 (the whole grid, from pure noise: sample) on a grid of one step, "
-                                              "which cannot keep part of the input; edit with a model that takes "
-                                              "more steps (a student's teacher)" if total == 1 else
-                        f"a strength below {(total - 0.5) / total:g} that keeps part of the input (with {total} steps "
-                        f"it rounds to all {total}, which ignores the input), or 1 to sample from pure noise")
+    edit.check_keeps_input(strength, total)  # else the whole grid runs from pure noise, the input ignored
 
     def sampler_for(idx: torch.Tensor) -> Callable:
         x0 = _rows_of(inputs, idx // as_int(n))  # [b, C, H, W]: image i edits row i // n (n checked by _plan)
@@ -70,7 +65,7 @@ def plan_img2img(pipe: "Pipeline", images: torch.Tensor, context: ContextLike = 
             model, schedule, x0.to(x_T), c, strength=strength, sampler=job.fn, noise=x_T, **kw)
 
     return _edit_plan(pipe, job, sampler_for, {"sampler": sampler, "steps": total, "guidance": float(guidance),
-                                                "strength": strength}, walked=k)
+                                                "strength": strength}, walked=_grid(pipe, job, sampler)[total - k:])
 
 
 def plan_inpaint(pipe: "Pipeline", images: torch.Tensor, mask: torch.Tensor, context: ContextLike = None, *,
@@ -85,7 +80,8 @@ def plan_inpaint(pipe: "Pipeline", images: torch.Tensor, mask: torch.Tensor, con
         raise bad_value("sampler", sampler, "ddpm (or none): inpainting runs RePaint over DDPM steps")
     steps, strength = INPAINT_STEPS if steps is None else steps, 1.0 if strength is None else strength
     guidance = pipe.resolve(None, None, guidance)[2]
-    other = sorted(set(kwargs) - {"guidance_rescale", "batch_size", "precision", *INPAINT_OPTIONS})
+    other = sorted(set(kwargs) - {"guidance_rescale", "guidance_interval", "guide", "batch_size", "precision",
+                                  *INPAINT_OPTIONS})
     if other:
         raise UsageError(f"{other[0]}={kwargs[other[0]]!r} is not an option of inpainting; it takes: "
                          f"{', '.join(INPAINT_OPTIONS)}")
@@ -106,7 +102,8 @@ def plan_inpaint(pipe: "Pipeline", images: torch.Tensor, mask: torch.Tensor, con
                                                     f"has room to jump back")
     return _edit_plan(pipe, job, sampler_for, {"sampler": "ddpm", "steps": total, "guidance": float(guidance),
                                                 "strength": strength, "jump_length": jump_length,
-                                                "resample": resample}, walked=walked)
+                                                "resample": resample},
+                      walked=_repaint_times(_grid(pipe, job, "ddpm"), k, jump_length, resample))
 
 
 def plan_interpolate(pipe: "Pipeline", seed_a: int = 0, seed_b: int = 1, *, frames: int = 9,
@@ -139,8 +136,8 @@ def plan_interpolate(pipe: "Pipeline", seed_a: int = 0, seed_b: int = 1, *, fram
     def sampler_for(idx: torch.Tensor) -> Callable:
         return lambda model, schedule, x, c, **kw: job.fn(model, schedule, x_T[idx].to(x), c, **kw)
 
-    steps = len(samplers.grid(name, pipe.schedule, job.steps, job.options.get("spacing", "trailing")))
-    settings = {"sampler": name, "steps": steps, "guidance": float(guidance), "nfe": steps * (2 if job.guided else 1),
+    grid = _grid(pipe, job, name)
+    settings = {"sampler": name, "steps": len(grid), "guidance": float(guidance), "nfe": job.evaluations(grid),
                 "weights": weights}
     return EditPlan(job, sampler_for, settings | {"options": dict(job.options)})
 
@@ -171,14 +168,26 @@ def _plan(pipe: "Pipeline", inputs: torch.Tensor, rows: torch.Tensor | None, cou
     else:
         seeds = None
     job = plan(pipe, rows, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, guidance=guidance, **kwargs)
-    grid = samplers.grid(sampler, pipe.schedule, job.steps, job.options.get("spacing", "trailing"))
+    grid = _grid(pipe, job, sampler)
     return job, len(grid), edit.tail_length(strength, len(grid))
 
 
-def _edit_plan(pipe: "Pipeline", job: SamplePlan, sampler_for: Callable, settings: dict, walked: int) -> EditPlan:
+def _grid(pipe: "Pipeline", job: SamplePlan, sampler: str) -> list[int]:
+    """The whole descending time grid of ``job``'s sampler (the edits walk its tail)."""
+    return samplers.grid(sampler, pipe.schedule, job.steps, job.options.get("spacing", "trailing"))
+
+
+def _repaint_times(grid: list[int], levels: int, jump_length: int, resample: int) -> list[int]:
+    """The steps RePaint evaluates the network at: one per step down its walk (``core.edit.repaint_walk``)."""
+    walk = edit.repaint_walk(levels, jump_length, resample)
+    return [grid[len(grid) - 1 - here] for here, there in zip(walk, walk[1:]) if there < here]
+
+
+def _edit_plan(pipe: "Pipeline", job: SamplePlan, sampler_for: Callable, settings: dict,
+               walked: list[int]) -> EditPlan:
     """The plan with what it uses (``settings``) and its network evaluations per image (both guided halves count)."""
     checks.memory("batch_size", job.batch_size, batch_bytes(pipe, job), "network batch")
-    nfe = walked * (2 if job.guided else 1)
+    nfe = job.evaluations(walked)  # the network times walked: 2 each where guided (the interval's), else 1
     return EditPlan(job, sampler_for, {**settings, "nfe": nfe, "options": dict(job.options)})
 
 

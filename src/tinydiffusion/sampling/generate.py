@@ -22,7 +22,7 @@ from .. import checks
 from ..core.samplers import get_sampler
 from ..errors import UsageError, bad_value
 from ..runtime import shard
-from ..runtime.dist import DistInfo
+from ..runtime.dist import DistInfo, agree
 from ..store.files import write_text
 from ..store.pictures import grid_bytes, save_gif, to_uint8
 from ..vocab import PRECISIONS, PREDICTIONS, SCHEDULES
@@ -46,6 +46,8 @@ class SampleConfig:
     clip_x0: bool = False
     guidance: float | None = None
     guidance_rescale: float = 0.0
+    guidance_interval: tuple[float, float] | None = None  # guided where (t+1)/T is in (lo, hi]; None: the card's
+    guide: str | None = None  # autoguidance: a weaker model folder or shipped name ("none": none); None: the card's
     prediction: str | None = None  # expectations checked against the model (never overrides)
     schedule: str | None = None
     contexts: tuple[str, ...] = ()  # class names, mixtures or prompts; empty: every class (or the examples)
@@ -63,6 +65,10 @@ class SampleConfig:
     def __post_init__(self) -> None:
         """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
         check_settings(self, self.n, self.seed)
+        if self.guidance_interval is not None:
+            checks.guidance_interval(self.guidance_interval)
+        if self.guide is not None and (not isinstance(self.guide, str) or not self.guide.strip()):
+            raise bad_value("guide", self.guide, "a model folder or a shipped name (or 'none': no guide)")
         for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES)):
             if getattr(self, key) is not None:
                 checks.choice(key, getattr(self, key), allowed)
@@ -144,13 +150,15 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     settings = {"sampler": sampler, "steps": steps, "guidance": guidance}  # as used: the card's where not given
     rows, context = _rows(pipe, config)
     plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=sampler, steps=steps, batch_size=config.batch_size,
-                     guidance=guidance, guidance_rescale=config.guidance_rescale, precision=config.precision,
+                     guidance=guidance, guidance_rescale=config.guidance_rescale,
+                     guidance_interval=config.guidance_interval, guide=config.guide, precision=config.precision,
                      **config.options())
+    settings |= plan.levers  # the guidance interval and guide asked for (the card's where not given)
     folder = Path(config.out).suffix == ""
     _check_size(pipe, plan, config, folder, info)
     recorder, parts, mine = Frames() if config.gif else None, [], shard.my_batches(plan.batches, info)
     t0 = time.perf_counter()
-    with counting_evaluations(pipe.model) as evaluated:
+    with counting_evaluations(pipe.model, plan.guide) as evaluated:  # the guide's evaluations count too
         with shard.shared_folder(config.out, info) if folder else contextlib.nullcontext() as tmp:
             for b in mine:
                 if recorder is not None:
@@ -167,20 +175,21 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
             seconds = time.perf_counter() - t0
             metadata = {**config.metadata(), **settings, "rows": rows,
                         "nfe": evaluated[0] // max(1, plan.images_in(mine)), "seconds": round(seconds, 3),
+                        "nfe_guide": evaluated[2] // max(1, plan.images_in(mine)) if len(evaluated) > 2 else 0,
                         "model_prediction": pipe.prediction, "schedule_used": pipe.schedule.to_dict()}
             if tmp is not None and info.is_main:
                 write_text(tmp / "metadata.json", json.dumps(metadata) + "\n")
+    settings["nfe_guide"] = metadata["nfe_guide"]  # of the nfe, the guide network's (autoguidance)
     result = SampleResult([], seconds, metadata["nfe"], plan.count, rows, settings, bool(pipe.distilled), plan.note)
-    if not info.is_main:
-        return result
-    pictures = np.concatenate(gathered) if gathered else None
-    if not folder:
+
+    def outputs() -> list[Path]:  # rank 0 writes; a refusal there (a full disk) is every rank's, so all exit alike
+        pictures = np.concatenate(gathered) if gathered else None
         arrays = context_arrays(rows, context, config.n, pipe.context, plan.count)
-        result.paths.append(write(config.out, Output(pictures, config.n, metadata, arrays)))
-    else:
-        result.paths.append(Path(config.out))
-    if recorder is not None:
-        result.paths.append(save_gif(frames + [pictures], config.gif, ncol=config.n))
+        paths = [Path(config.out) if folder else write(config.out, Output(pictures, config.n, metadata, arrays))]
+        return paths + ([save_gif(frames + [pictures], config.gif, ncol=config.n)] if recorder is not None else [])
+    paths = agree(outputs, info)
+    if info.is_main:
+        result.paths.extend(paths)
     return result
 
 

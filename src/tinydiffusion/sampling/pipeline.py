@@ -18,6 +18,8 @@ from ..conditioning.spec import ContextSpec
 from ..core.schedule import Schedule
 from ..errors import UsageError, bad_value
 from ..models import ModelConfig, build_model
+from ..models.adapter_file import merge_adapter
+from ..models.onnxnet import onnx_network
 from ..store.checkpoint import CONFIG, WEIGHTS, check_weights, read_model
 from ..store.modelfile import MODEL_FORMAT
 from . import card, plans
@@ -32,6 +34,8 @@ class Pipeline:
     context: ContextSpec
     config: dict[str, Any] = field(default_factory=dict)
     prediction: str = "eps"
+    path: Path | None = None  # the model folder it was loaded from (a card's guide is found relative to it)
+    guides: dict[str, "Pipeline"] = field(default_factory=dict, init=False, repr=False)  # loaded guides, by folder
 
     def __post_init__(self) -> None:
         # samplers and the guidance closure read what the network's output means from the network itself
@@ -59,8 +63,31 @@ class Pipeline:
         """A few-step student's ``distilled`` card (method, sampler, steps, guidance folded in), else ``None``."""
         return self.config.get("distilled")
 
+    def load_guide(self, guide: "Pipeline | str | Path", carded: bool = False) -> "Pipeline":
+        """An autoguidance guide (a loaded Pipeline, a model folder or a shipped name; the card's ``guide`` when
+        ``carded``: a folder relative to this model's, or a shipped name), loaded once on this model's device and
+        refused unless it fits (``card.check_guide``: same image size, context, schedule and prediction)."""
+        if not isinstance(guide, Pipeline):
+            if not isinstance(guide, (str, Path)):
+                raise bad_value("guide", guide, "a loaded Pipeline, a model folder or a shipped name")
+            path = resolve_model(guide)
+            if carded:  # relative to this model's folder, else a shipped name
+                local = (self.path or Path(".")) / str(guide)
+                path = local if (local / CONFIG).is_file() or str(guide) not in SHIPPED else path
+                if not (path / CONFIG).is_file():
+                    raise UsageError(f"the model card's guide {str(guide)!r} is not a model folder beside this model "
+                                     f"({local}) nor a shipped model; fix recommended.guide or pass guide='none'")
+            key = str(path.absolute())
+            if key not in self.guides:
+                self.guides[key] = load(path, self.device)
+            guide = self.guides[key]
+        card.check_guide(self.config, guide.config, str(guide.path or "the guide"))
+        return guide
+
     def to(self, device: str | torch.device) -> "Pipeline":
         self.model.to(device)
+        for guide in self.guides.values():
+            guide.to(device)
         return self
 
     def default_rows(self) -> list[str]:
@@ -94,8 +121,10 @@ class Pipeline:
 
     def sample(self, context: ContextLike = None, *, n: int = 1, seed: int = 0, seeds: Sequence[int] | None = None,
                sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
-               guidance: float | None = None, guidance_rescale: float = 0.0, precision: str = "fp32",
-               callback: Callable | None = None, raw: bool = False, **options: Any) -> torch.Tensor:
+               guidance: float | None = None, guidance_rescale: float = 0.0,
+               guidance_interval: tuple[float, float] | None = None, guide: "Pipeline | str | Path | None" = None,
+               precision: str = "fp32", callback: Callable | None = None, raw: bool = False,
+               **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         The sampler's final ``x0`` is clipped to the data's range ``[-1, 1]`` (as every file output is);
@@ -104,11 +133,16 @@ class Pipeline:
         Column ``j`` of every row starts from seed ``seed + j`` (or ``seeds[j]``), and each image
         has its own generator, so an image depends on its seed only, never on the batch.
         ``guidance`` is the classifier-free guidance scale (1 = none); ``precision="bf16"`` autocasts the network.
-        ``sampler``, ``steps`` and ``guidance`` left at ``None`` come from the model card (``recommended``).
+        ``guidance_interval=(lo, hi)`` guides only where ``(t + 1) / T`` is in ``(lo, hi]`` (1: the noisiest step;
+        ``(0, 1)`` everywhere), one evaluation per step outside it. ``guide`` (a Pipeline, a model folder or a
+        shipped name; ``"none"``: none) is autoguidance: the weaker guide takes the unconditional branch's place and
+        ``guidance`` is its scale (two networks per guided step). ``sampler``, ``steps``, ``guidance``,
+        ``guidance_interval`` and ``guide`` left at ``None`` come from the model card (``recommended``).
         Every argument is checked, and the memory the result needs estimated, before any work.
         """
         job = self.plan(context, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, batch_size=batch_size,
-                        guidance=guidance, guidance_rescale=guidance_rescale, precision=precision, **options)
+                        guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
+                        guide=guide, precision=precision, **options)
         checks.memory("n" if seeds is None else "seeds", n if seeds is None else f"{len(job.seeds)} seeds",
                       job.count * job.image_bytes + plans.batch_bytes(self, job),
                       f"{job.count} float32 images plus a network batch")
@@ -176,17 +210,21 @@ def resolve_model(path: str | Path) -> Path:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: str | None = None,
-         schedule: dict[str, Any] | None = None) -> Pipeline:
+         schedule: dict[str, Any] | None = None, backend: str = "auto") -> Pipeline:
     """Rebuild network, schedule and context spec from an exported model folder or a shipped name.
 
     ``prediction`` and ``schedule`` (e.g. ``{"kind": "cosine"}``) are expectations: a model trained
     otherwise is refused with an explanation rather than sampled into wrong images.
+    ``backend``: ``torch``, ``onnx`` (onnxruntime runs the network) or ``auto`` (onnx for a folder holding
+    ``model.onnx``, on the CPU); ``models/onnxnet.py``.
     """
     if not isinstance(path, (str, Path)) or not str(path).strip():  # '' would be the current folder
         raise bad_value("model", path, f"a shipped model ({', '.join(SHIPPED)}) or an exported model folder")
     path = resolve_model(path)
     # read_model checks config.json against modelfile's schema and the weights for being readable and finite
     config, weights = read_model(path, expect=MODEL_FORMAT)
+    if "adapter" in config:  # a fine-tune's adapter: the base it names, with the adapter merged (finetune.md)
+        weights = merge_adapter(path, config, weights, resolve_model)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}  # shipped as fp16
     _check_expected(path, config, prediction, schedule)
     try:  # what the schema cannot say: sizes the network can halve, a schedule that decreases, encoder widths
@@ -206,7 +244,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, prediction: st
         # channels-last convolutions sample 1.4× (16 px) to 1.6× (32 px) faster on a CPU, with the same
         # images to 1e-5 (`tinydiffusion bench`, speed settings); training does not gain, so only here
         model = model.to(memory_format=torch.channels_last)
-    return Pipeline(model, schedule, spec, config, config.get("prediction", "eps"))
+    model = onnx_network(path, model, config, backend, device)  # the same network run by onnxruntime, or model
+    return Pipeline(model, schedule, spec, config, config.get("prediction", "eps"), path)
 
 
 def _check_expected(path, config: dict[str, Any], prediction: str | None, schedule: dict[str, Any] | None) -> None:

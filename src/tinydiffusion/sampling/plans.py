@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .. import checks
-from ..core.guidance import cfg
+from ..core.guidance import autoguidance, cfg
 from ..core.samplers import get_sampler
 from ..errors import bad_value
 from ..runtime.dist import autocast
 from ..vocab import PRECISIONS, UNGUIDED
+from . import card
 from .card import check_distilled
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class SamplePlan:
     shape: tuple[int, int, int]  # C, H, W
     guided: bool
     note: str | None = None  # what the plan decided that the caller did not ask for (said once by the CLI)
+    guide: torch.nn.Module | None = None  # autoguidance's guide network, evaluated beside the model (counted too)
+    levers: dict[str, Any] | None = None  # the guidance interval and guide asked for (given, else the card's)
 
     @property
     def count(self) -> int:
@@ -64,14 +67,22 @@ class SamplePlan:
         """How many images the given batch indices hold (the last batch may be short)."""
         return sum(min(self.batch_size, self.count - b * self.batch_size) for b in batches)
 
+    def evaluations(self, times: Iterable[int]) -> int:
+        """Network evaluations per image over the steps ``times`` the sampler takes: 1 per step unguided or outside
+        the guidance interval, 2 per guided step (both halves, or the model and its guide)."""
+        per_step = getattr(self.model, "evaluations", None) if self.guided else None
+        return sum(1 if per_step is None else per_step(t) for t in times)
+
 
 def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int = 0,
          seeds: Sequence[int] | None = None, sampler: str | None = None, steps: int | None = None,
          batch_size: int = 64, guidance: float | None = None, guidance_rescale: float = 0.0,
-         precision: str = "fp32", **options: Any) -> SamplePlan:
+         guidance_interval: Any = None, guide: Any = None, precision: str = "fp32", **options: Any) -> SamplePlan:
     """The arguments of ``Pipeline.sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet;
-    ``sampler``, ``steps`` and ``guidance`` left at ``None`` come from the model card (``card.resolve``)."""
+    ``sampler``, ``steps``, ``guidance``, ``guidance_interval`` and ``guide`` left at ``None`` come from the model
+    card (``card.resolve``, ``card.interval``, ``card.guide``)."""
     sampler, steps, guidance = pipe.resolve(sampler, as_int(steps), guidance)
+    interval, (guide, carded) = card.interval(pipe.config, guidance_interval), card.guide(pipe.config, guide)
     rows = pipe.contexts(context)
     if seeds is None:
         n = checks.integer("n", as_int(n), low=1)
@@ -87,15 +98,31 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
     fn = get_sampler(sampler, options)
     if steps is not None:
         pipe.schedule.timesteps(steps, options.get("spacing", "trailing"))  # 1 <= steps <= T
-    check_distilled(pipe.distilled, sampler, steps, guidance, guidance_rescale, options)
-    asked = not pipe.distilled and (guidance != UNGUIDED or guidance_rescale != 0.0)  # a student has it inside
-    null = rows is None or not bool(rows.any())  # only the null context: both guided halves would be one call
-    model = cfg(pipe.model, guidance, guidance_rescale) if asked and not null else pipe.model
-    note = (f"guidance {guidance:g} skipped: the context is the null (unconditional) one, where the guided and "
-            f"unguided predictions are the same network call") if asked and null else None
+    check_distilled(pipe.distilled, sampler, steps, guidance, guidance_rescale, options, interval=interval,
+                    guide=guide)
+    guide = pipe.load_guide(guide, carded) if guide is not None and (guidance != UNGUIDED or not carded) else None
+    model, note = _guided(pipe, rows, guidance, guidance_rescale, interval, guide)
     shape = (int(pipe.config["model"]["channels"]), pipe.image_size, pipe.image_size)
+    levers = {"guidance_interval": None if interval is None else list(interval),
+              "guide": None if guide is None else str(guide.path or "a loaded Pipeline")}
     return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape,
-                      model is not pipe.model, note)
+                      model is not pipe.model, note, guide.model if guide is not None and model is not pipe.model
+                      else None, levers)
+
+
+def _guided(pipe: "Pipeline", rows: torch.Tensor | None, guidance: float, rescale: float,
+            interval: tuple[float, float] | None, guide: "Pipeline | None") -> tuple[Callable, str | None]:
+    """``(the model or its guidance closure, a note)``: autoguidance with a guide, else classifier-free guidance,
+    which is skipped (and said) when every row is the null context; a student has its guidance inside."""
+    asked = not pipe.distilled and (guidance != UNGUIDED or rescale != 0.0)
+    if guide is not None:
+        if guidance == UNGUIDED:
+            return pipe.model, f"guide {guide.path} unused: guidance 1 is the model alone"
+        return autoguidance(pipe.model, guide.model, guidance, rescale, interval, pipe.schedule.T), None
+    if asked and (rows is None or not bool(rows.any())):  # only the null context: both halves would be one call
+        return pipe.model, (f"guidance {guidance:g} skipped: the context is the null (unconditional) one, where the "
+                            f"guided and unguided predictions are the same network call")
+    return (cfg(pipe.model, guidance, rescale, interval, pipe.schedule.T), None) if asked else (pipe.model, None)
 
 
 def run(pipe: "Pipeline", job: SamplePlan, batches: Iterable[int] | None = None,
@@ -104,7 +131,9 @@ def run(pipe: "Pipeline", job: SamplePlan, batches: Iterable[int] | None = None,
     order). Batch ``b`` holds images ``b·batch_size …``."""
     C, H, W = job.shape
     n, device = len(job.seeds), pipe.device
-    pipe.model.eval()
+    for net in (pipe.model, job.guide):
+        if net is not None:
+            net.eval()
     for b in range(job.batches) if batches is None else batches:
         k = torch.arange(b * job.batch_size, min((b + 1) * job.batch_size, job.count))  # image indices
         gens = [torch.Generator().manual_seed(int(job.seeds[i % n])) for i in k.tolist()]
@@ -128,15 +157,25 @@ def batch_bytes(pipe: "Pipeline", job: SamplePlan) -> int:
 
 
 @contextlib.contextmanager
-def counting_evaluations(model: torch.nn.Module) -> Iterator[list[int]]:
-    """``[n]``: the images ``model`` is evaluated on inside the block. Divided by the images sampled it is the
-    network evaluations per image, 2 per guided step (both halves), 1 per step of a student or unguided."""
-    seen = [0]
-    hook = model.register_forward_hook(lambda module, args, out: seen.__setitem__(0, seen[0] + args[0].shape[0]))
+def counting_evaluations(*models: torch.nn.Module | None) -> Iterator[list[int]]:
+    """``[n, n_1, n_2, …]``: the images the networks ``models`` (``None`` skipped, each counted once) are evaluated on
+    inside the block, in all (``n``) and each. Divided by the images sampled, ``n`` is the network evaluations per
+    image: 2 per guided step (both halves, or the model and its autoguidance guide, a network of its own: pass
+    ``plan.guide`` too), 1 per step of a student, unguided or outside the guidance interval."""
+    nets = list({id(m): m for m in models if m is not None}.values())
+    seen = [0] * (len(nets) + 1)
+
+    def count(i: int, images: int) -> None:
+        seen[0] += images
+        seen[i] += images
+
+    hooks = [m.register_forward_hook(lambda module, args, out, i=i: count(i, args[0].shape[0]))
+             for i, m in enumerate(nets, 1)]
     try:
         yield seen
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
 
 
 def as_int(value: Any) -> Any:

@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..checks import guidance_interval
 from ..errors import UsageError, bad_value
-from ..vocab import (ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES, MAX_T, MAX_WIDTH,
-                     PREDICTIONS, SAMPLERS, SCHEDULES)
+from ..vocab import (ADAPTER_METHODS, ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES,
+                     MAX_T, MAX_TOKENS, MAX_WIDTH, PREDICTIONS, SAMPLERS, SCHEDULES)
 from .schema import (Section, any_object, class_name, exactly, example, flag, kind_of, list_of, mapping_of, maybe,
                      number, one_of, section, shown, text, validate, whole)
 
@@ -27,6 +28,13 @@ MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB; a bigger file is not a config
 
 
 # ---------------------------------------------------------------------- the tables
+def sha256(name: str, value: Any) -> str:
+    """A sha256 digest as 64 lowercase hexadecimal digits."""
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise bad_value(name, value, "a sha256 digest: 64 lowercase hexadecimal digits")
+    return value
+
+
 MODEL: Section = {
     "arch": (True, one_of(*ARCHS)),
     "image_size": (True, whole(4, MAX_IMAGE_SIZE)),
@@ -38,6 +46,8 @@ MODEL: Section = {
     "attention": (False, list_of(whole(1, 8), 0, 8)),
     "dropout": (False, number(0, 1, high_open=True)),
     "T": (False, whole(1, MAX_T)),
+    "context_tokens": (False, whole(0, MAX_TOKENS)),  # token rows after the pooled part of the context (text)
+    "cross_attention": (False, list_of(whole(1, 16), 0, 8)),  # resolutions whose blocks attend over them
 }
 SCHEDULE: Section = {
     "kind": (True, one_of(*SCHEDULES)),
@@ -52,11 +62,14 @@ CONTEXT: Section = {
     "width": (True, whole(0, MAX_WIDTH)),
     "names": (False, list_of(class_name, 0, MAX_NAMES, distinct=True)),
     "encoder": (False, maybe(text)),
+    "tokens": (False, whole(0, MAX_TOKENS)),  # text: token rows after the pooled row (0 or absent: pooled only)
 }
 RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pipeline.sample and the studio use
     "sampler": (True, one_of(*SAMPLERS)),
     "steps": (True, whole(1, MAX_T)),
-    "guidance": (True, number(0, MAX_GUIDANCE)),
+    "guidance": (True, number(0, MAX_GUIDANCE)),  # with a guide: autoguidance's scale
+    "guidance_interval": (False, lambda name, value: list(guidance_interval(value, name))),  # (lo, hi] of (t+1)/T
+    "guide": (False, text),  # autoguidance's guide: a model folder relative to this one's, or a shipped name
 }
 DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled for, which sample enforces
     "method": (True, one_of(*DISTILL_METHODS)),
@@ -66,6 +79,14 @@ DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled
     "teacher": (False, text),
     "teacher_sampler": (False, one_of(*SAMPLERS)),
     "teacher_steps": (False, whole(1, MAX_T)),
+}
+ADAPTER: Section = {  # a fine-tune's adapter (training/finetune.py): the base it is merged into, checked by hash
+    "base": (True, text),  # a shipped model's name or the base folder's absolute path
+    "base_sha256": (True, sha256),  # of the base's model.safetensors
+    "method": (True, one_of(*ADAPTER_METHODS)),
+    "rank": (False, whole(1, 1024)),
+    "alpha": (False, number(0, 1e6, low_open=True)),
+    "new_classes": (False, list_of(class_name, 0, MAX_NAMES, distinct=True)),
 }
 TOP: Section = {
     "format": (False, one_of(MODEL_FORMAT)),
@@ -79,6 +100,7 @@ TOP: Section = {
     "shipped_as": (False, text),
     "recommended": (False, section(RECOMMENDED)),
     "distilled": (False, section(DISTILLED)),
+    "adapter": (False, section(ADAPTER)),
 }
 EVALUATOR: Section = {
     "format": (True, one_of(EVALUATOR_FORMAT)),
@@ -135,6 +157,9 @@ def _consistent(config: dict[str, Any]) -> None:
     if model["context_width"] != context["width"]:
         raise UsageError(f"model.context_width={model['context_width']} disagrees with "
                          f"context.width={context['width']}; expected the same width in both")
+    if model.get("context_tokens", 0) != context.get("tokens", 0):
+        raise UsageError(f"model.context_tokens={model.get('context_tokens', 0)} disagrees with "
+                         f"context.tokens={context.get('tokens', 0)}; expected the same token rows in both")
     if "T" in model and model["T"] != schedule["T"]:
         raise UsageError(f"model.T={model['T']} disagrees with schedule.T={schedule['T']}; "
                          f"expected the same number of diffusion steps in both")

@@ -1,10 +1,14 @@
-"""A listed model's card: what it conditions on, its size, its recommended settings, how it was trained."""
+"""A listed model's card: what it conditions on, its size, its recommended settings, how it was trained.
+
+Paths in a model's ``config.json`` (its training data and run folder, a student's teacher) are shown as the
+listing names them (``Catalog.shown``: ``runs/study``, ``sprites``, or a file's last part), never as absolute
+server paths."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UsageError
 from ..models import ModelConfig, build_model, count_parameters
@@ -14,33 +18,40 @@ from .runfiles import read_metrics, readme
 log = logging.getLogger("tinydiffusion.studio")
 
 
-def card(entry) -> dict[str, Any]:
-    """The ``GET /api/models`` entry of a ``catalog.ModelEntry`` (docs/studio_api.md)."""
+def card(entry, shown: Callable[[Any], Any] = lambda p: p, redact: Callable[[str], str] = str) -> dict[str, Any]:
+    """The ``GET /api/models`` entry of a ``catalog.ModelEntry`` (docs/studio_api.md); ``shown`` names a path
+    from the config, ``redact`` rewrites the paths in a message."""
     c = entry.config
-    out = {"name": entry.name, "source": entry.source, "available": entry.available, "reason": entry.reason}
+    reason = redact(entry.reason) if entry.reason else entry.reason
+    out = {"name": entry.name, "source": entry.source, "available": entry.available, "reason": reason}
     if not c:
         return out
     context = c.get("context") or {"kind": "none"}
     sampler, steps, guidance = resolve(c)  # the model card's settings, as a request that names none gets them
+    training = {k: shown(v) for k, v in ((c.get("training") or {}).get("config") or {}).items()} or None
     out.update({"kind": context["kind"], "classes": list(context.get("names") or []),
                 "examples": entry.default_rows if context["kind"] == "text" else [],
                 "image_size": c["model"]["image_size"], "parameters": parameters(c),
                 "prediction": c.get("prediction", "eps"), "T": c["schedule"]["T"], "schedule": c["schedule"].get("kind"),
                 "defaults": {"sampler": sampler, "steps": steps, "guidance": guidance},
-                "distilled": distilled(c),
-                "card": {"trained": trained(c, entry.run), "readme": readme(entry.path),
-                         "training": (c.get("training") or {}).get("config")}})
+                "distilled": distilled(c, shown),
+                "card": {"trained": trained({"training": {"config": training}}, entry.run),
+                         "readme": _redacted(readme(entry.path), redact), "training": training}})
     return out
 
 
-def distilled(config: dict[str, Any]) -> dict[str, Any] | None:
+def _redacted(text: str | None, redact: Callable[[str], str]) -> str | None:
+    return None if text is None else redact(text)
+
+
+def distilled(config: dict[str, Any], shown: Callable[[Any], Any] = lambda p: p) -> dict[str, Any] | None:
     """A few-step student's limits (``config.json`` ``distilled``): the one sampler, the step counts and the
     guidance scale folded into its network; ``None`` for an ordinary model."""
     d = config.get("distilled")
     if not d:
         return None
     return {"method": d["method"], "sampler": d["sampler"], "steps": list(d["steps"]), "guidance": float(d["guidance"]),
-            "teacher": d.get("teacher"), "teacher_sampler": d.get("teacher_sampler"),
+            "teacher": shown(d.get("teacher")), "teacher_sampler": d.get("teacher_sampler"),
             "teacher_steps": d.get("teacher_steps")}
 
 

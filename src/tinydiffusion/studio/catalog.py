@@ -1,13 +1,15 @@
 """What the studio serves: the models it lists (shipped, given, or exported under ``--runs``) and the runs
 it monitors. A request names one of these; a name is looked up in the listing, never joined to a path,
 so nothing outside the listed folders is ever read. Symlinks are not followed while scanning. A name the
-server did not list is ``NotFound`` (404), wherever it is looked up (models, runs, jobs, files)."""
+server did not list is ``NotFound`` (404), wherever it is looked up (models, runs, jobs, files). What goes back
+to a client names folders as the listing does (``shown``, ``redact``), never by their absolute server path."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, Sequence
 from ..errors import UsageError
 from ..sampling.pipeline import SHIPPED, resolve_model
 from ..store.modelfile import check_config, read_json
+from ..training.runlock import LOCK as RUN_LOCK
 from . import cards
 from .runfiles import MAX_PICTURE, is_file, newest_png, read_bounded, read_metrics
 
@@ -49,12 +52,6 @@ class ModelEntry:
             return [caption for _, caption in self.config.get("examples", [])]
         return []
 
-    def card(self) -> dict[str, Any]:
-        """The listing entry of ``docs/studio_api.md`` (parameters counted once, by building the network)."""
-        if self._card is None:
-            self._card = cards.card(self)
-        return self._card
-
 
 class Catalog:
     def __init__(self, runs: Sequence[str | Path] = (), models: dict[str, str | Path] | None = None):
@@ -85,6 +82,12 @@ class Catalog:
                     entries[name] = old[name]
             self._models = entries
 
+    def card(self, entry: ModelEntry) -> dict[str, Any]:
+        """The listing entry of ``docs/studio_api.md`` (parameters counted once, by building the network)."""
+        if entry._card is None:
+            entry._card = cards.card(entry, self.shown, self.redact)
+        return entry._card
+
     def models(self) -> list[ModelEntry]:
         with self._lock:
             return list(self._models.values())
@@ -99,7 +102,10 @@ class Catalog:
 
     # ---------------------------------------------------------------- runs
     def runs(self) -> list[dict[str, Any]]:
-        """Every run folder (a ``metrics.csv``) under the ``--runs`` folders, rescanned on each call."""
+        """Every run folder (a ``metrics.csv``) under the ``--runs`` folders, rescanned on each call: its steps,
+        when it was updated, whether it exported a model, its ``state`` (``training`` while its trainer holds the
+        run's ``.lock``, ``finished`` once the lock is gone and the model exported, else ``stopped``) and when its
+        newest sample grid was written (``sample``, ``None`` before the first)."""
         found = {name: run for name, run in self._scan() if is_file(run / "metrics.csv")}
         with self._lock:
             self._runs = found
@@ -110,8 +116,11 @@ class Catalog:
                 updated = os.lstat(run / "metrics.csv").st_mtime
             except OSError:  # removed since the scan
                 continue
+            has_model = is_file(run / "model" / "config.json")
+            state = "training" if is_file(run / RUN_LOCK) else "finished" if has_model else "stopped"
+            sample = newest_png(run / "samples")
             listing.append({"name": name, "steps": int(steps[-1]) if steps else 0, "updated": updated,
-                            "has_model": is_file(run / "model" / "config.json")})
+                            "has_model": has_model, "state": state, "sample": _mtime(sample)})
         return listing
 
     def run(self, name: Any) -> Path:
@@ -134,6 +143,37 @@ class Catalog:
         if not data:
             raise NotFound("the newest sample grid of this run could not be read (being replaced?); try again")
         return data
+
+    # ---------------------------------------------------------------- what a client may see of a path
+    def shown(self, path: Any) -> Any:
+        """A path from a model's card as the listing names it: under a ``--runs`` folder ``ROOT/…``, a shipped or
+        given model folder by its name, any other absolute path by its last part; anything else unchanged."""
+        if isinstance(path, (list, tuple)):
+            return [self.shown(p) for p in path]
+        if not isinstance(path, str) or not os.path.isabs(os.path.expanduser(path)):
+            return path
+        text = os.path.normpath(os.path.expanduser(path))
+        for folder, name in self._folders():
+            if text == folder or text.startswith(folder + os.sep):
+                return name + text[len(folder):]
+        return os.path.basename(text) or text
+
+    def redact(self, text: str) -> str:
+        """``text`` (a message for a client) with every absolute server path named as ``shown`` names it."""
+        for folder, name in self._folders():
+            text = text.replace(folder, name)
+        return _ABSOLUTE.sub(lambda m: _last_part(m.group(0)), text)
+
+    def _folders(self) -> list[tuple[str, str]]:
+        """``(absolute folder, listed name)``, longest first: the ``--runs`` roots, the shipped/given models."""
+        pairs = {}
+        for name, root in self.roots:
+            pairs[str(root.absolute())] = pairs[str(root.resolve())] = name
+        for entry in self.models():
+            if entry.source != "run":
+                pairs[str(entry.path.absolute())] = pairs[str(entry.path.resolve())] = entry.name
+        pairs.setdefault(str(Path.home()), "~")
+        return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
 
     def _scan(self) -> list[tuple[str, Path]]:
         """``(name, folder)`` of every run folder (a ``metrics.csv`` or a ``model/config.json``) under the roots,
@@ -179,7 +219,7 @@ def _entry(name: str, path: Path, source: str, run: Path | None = None) -> Model
         config = check_config(read_json(path / "config.json"), path / "config.json")
     except UsageError as e:
         log.warning("model %s not listed as available: %s", name, e)
-        return ModelEntry(name, path, source, {}, False, str(e), run)
+        return ModelEntry(name, path, source, {}, False, str(e), run)  # a client sees it redacted (Catalog.card)
     entry = ModelEntry(name, path, source, config, run=run)
     context = config.get("context") or {}
     if context.get("kind") == "text" and not str(context.get("encoder", "")).startswith("hash"):
@@ -190,12 +230,28 @@ def _entry(name: str, path: Path, source: str, run: Path | None = None) -> Model
     return entry
 
 
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return None if path is None else os.lstat(path).st_mtime
+    except OSError:
+        return None
+
+
 def _installed(module: str) -> bool:
     """Whether ``module`` can be imported, without importing it."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a stand-in module without a spec (tests), a parent that is no package
         return sys.modules.get(module) is not None
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.~/-])/(?:[\w.@+-]+/)*[\w.@+-]+")  # an absolute POSIX path in a message
+
+
+def _last_part(path: str) -> str:
+    """An absolute path whose top folder exists on this machine as ``…/its-last-part``; a URL path unchanged."""
+    top = path.split("/")[1]
+    return f"…/{path.rsplit('/', 1)[-1]}" if top and os.path.isdir("/" + top) else path
 
 
 def _shown(name: Any) -> str:

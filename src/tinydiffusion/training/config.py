@@ -8,7 +8,7 @@ from typing import Any, Callable, Collection
 
 from .. import checks
 from ..errors import UsageError, bad_value
-from ..vocab import CONTEXT_KINDS, MAX_IMAGE_SIZE, MAX_T, PRECISIONS, PREDICTIONS, SCHEDULES
+from ..vocab import CONTEXT_KINDS, MAX_IMAGE_SIZE, MAX_T, MAX_TOKENS, PRECISIONS, PREDICTIONS, SCHEDULES
 
 DEFAULT_MINUTES = 3.0
 BUDGET = ("steps", "epochs", "minutes")
@@ -29,7 +29,11 @@ class TrainConfig:
     skip_bad_files: bool = False
     context: str = "class"  # "class" (one-hot labels), "text" (caption embeddings), "vector" (a file), "none"
     encoder: str = "minilm"  # the text encoder for --context text ("minilm" or "hash")
+    # --context text: 0 conditions on the pooled sentence vector only (the course's design: it scales every block);
+    # L > 0 also gives the network the first L token states, attended over by cross-attention blocks (16×16 and 8×8)
+    text_tokens: int = 0
     context_file: str | None = None  # for --context vector: an .npy array [N, D], one row per image
+    caption_alternatives: bool = True  # --context text: draw one of each image's captions per step (alt_captions)
     model: str = "small"
     image_size: int = 16
     schedule: str = "linear"
@@ -88,6 +92,10 @@ class TrainConfig:
         for name, allowed in (("prediction", PREDICTIONS), ("context", CONTEXT_KINDS), ("schedule", SCHEDULES),
                               ("precision", PRECISIONS)):
             checks.choice(name, getattr(self, name), allowed)
+        checks.integer("text_tokens", self.text_tokens, low=0, high=MAX_TOKENS)
+        if self.text_tokens and (self.context != "text" or self.model == "course"):
+            raise bad_value("text_tokens", self.text_tokens, "0 unless --context text with a unet preset (tiny, "
+                            "small, base): token rows are text's, and the course network has no cross-attention")
         if (self.context == "vector") != (self.context_file is not None):
             raise bad_value("context_file", self.context_file, "an .npy file exactly when --context vector")
         if self.zero_terminal_snr and self.prediction == "eps":

@@ -127,7 +127,7 @@ def distill(config: DistillConfig, *, resume: bool | str = False, overwrite: boo
                          "for a GPU")
     note = notify or (lambda text: None)
     out = Path(config.out)
-    teacher = load(config.teacher, device="cpu")  # refuses a bad folder before anything is written
+    teacher = load(config.teacher, device="cpu", backend="torch")  # trains from torch weights; refuses a bad folder before anything is written
     if teacher.config.get("distilled"):
         raise UsageError(f"model {config.teacher} is already a distilled student; distil its teacher instead")
     guidance = config.guidance if config.guidance is not None else teacher.recommended["guidance"]
@@ -163,7 +163,7 @@ def _run(config: DistillConfig, out: Path, teacher: Pipeline, guidance: float, b
         folder = out / "stages" / str(k)
         finished = (folder / "model" / "config.json").is_file()
         if not finished:
-            source = teacher if prev_model is None else load(prev_model, device="cpu")
+            source = teacher if prev_model is None else load(prev_model, device="cpu", backend="torch")
             scale = guidance if prev_model is None else 1.0  # later teachers have it inside already
             objective = _objective(config, teacher, source, scale, guidance, k, stages)
             note(f"stage {i + 1}/{len(stages)}: {config.method} distillation to {k} step(s) "

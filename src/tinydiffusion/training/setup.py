@@ -11,7 +11,7 @@ from typing import Any, Collection
 
 import torch
 
-from ..conditioning.dataset import dataset_contexts
+from ..conditioning.dataset import caption_alternatives, dataset_contexts
 from ..conditioning.spec import ContextSpec
 from ..core.schedule import Schedule
 from ..data.batches import as_tensor
@@ -36,6 +36,8 @@ class Data:
     spec: ContextSpec
     examples: list  # class names, or [index, caption] of the images whose rows the grids show
     weights: torch.Tensor | None  # per-image draw weights that balance the classes
+    alternatives: tuple | None = None  # each image's alternative caption rows (conditioning.dataset), drawn per step
+    held_out: int = 0  # images of the set kept out of training (its split), for measuring
 
 
 def settings(config: TrainConfig, saved: dict | None, out: Path, info: dist.DistInfo, objective: Objective | None,
@@ -59,15 +61,19 @@ def settings(config: TrainConfig, saved: dict | None, out: Path, info: dist.Dist
 
 def load_data(config: TrainConfig, info: dist.DistInfo) -> Data:
     """The training set, its context rows and the class-balancing weights, on the training device."""
-    dataset = load_dataset(config.data, labels=config.labels, class_names=list(config.class_names or []) or None,
-                           size=config.image_size, skip_bad_files=config.skip_bad_files)
+    whole = load_dataset(config.data, labels=config.labels, class_names=list(config.class_names or []) or None,
+                         size=config.image_size, skip_bad_files=config.skip_bad_files)
+    dataset = whole.part(held_out=False)  # a set's held-out images (its split) are never trained on
     spec, contexts, examples = dataset_contexts(dataset, config.context, data=config.data, encoder=config.encoder,
-                                                context_file=config.context_file, progress=config.progress)
+                                                context_file=config.context_file, progress=config.progress,
+                                                tokens=config.text_tokens)
     # uint8 [N, 3, H, W], the whole set in (GPU) memory; a packed set stays on disk, read batch by batch
     images = dataset.images if dataset.mapped else as_tensor(dataset.images).to(info.device)
     contexts = None if contexts is None else contexts.to(info.device)
     weights = class_weights(dataset.labels) if config.balance and dataset.labels is not None else None
-    return Data(dataset, images, contexts, spec, examples, weights)
+    alternatives = caption_alternatives(dataset, spec, config.data, config.progress) if config.caption_alternatives \
+        else None
+    return Data(dataset, images, contexts, spec, examples, weights, alternatives, len(whole) - len(dataset))
 
 
 def diffusion(config: TrainConfig, spec: ContextSpec, objective: Objective | None) -> tuple[Schedule, ModelConfig]:
@@ -75,7 +81,8 @@ def diffusion(config: TrainConfig, spec: ContextSpec, objective: Objective | Non
     schedule = Schedule.linear(config.T) if config.schedule == "linear" else Schedule.cosine(config.T)
     zero_terminal = config.zero_terminal_snr if config.zero_terminal_snr is not None else config.prediction != "eps"
     schedule = schedule.rescale_zero_terminal_snr() if zero_terminal else schedule
-    model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T)
+    model_config = preset(config.model, image_size=config.image_size, context_width=spec.width, T=config.T,
+                          context_tokens=spec.tokens)
     if objective is not None:
         if spec.to_dict() != objective.context:
             raise UsageError(f"the data {config.data!r} gives the context {spec.to_dict()}, but the network was "

@@ -24,6 +24,7 @@ from typing import Callable, Collection
 
 import torch
 
+from ..conditioning.dataset import draw_contexts
 from ..core.loss import diffusion_loss
 from ..core.schedule import Schedule
 from ..data.batches import make_batch
@@ -111,6 +112,9 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
 
     # ---------------------------------------------------------------- data, networks, where the run stands
     data = setup.load_data(config, info)
+    if data.held_out:
+        note(f"{data.held_out} images of {config.data} are held out (its split) and never trained on: they measure "
+             f"what the model makes of what it has not seen")
     schedule, model_config = setup.diffusion(config, data.spec, objective)
     nets = setup.networks(config, model_config, info, objective)
     state = RunState(out, config, info.world, info.is_main, objective.identity if objective else None)
@@ -200,7 +204,7 @@ def _step(run: _Run, state: RunState, batch: torch.Tensor, lr: float) -> bool:
     for group in nets.optimizer.param_groups:
         group["lr"] = lr
     x0 = make_batch(run.data.images, idx, flip=config.flip, generator=g)
-    c = None if run.data.contexts is None else run.data.contexts[idx]
+    c = None if run.data.contexts is None else draw_contexts(run.data.contexts, run.data.alternatives, idx, g)
     with autocast(info.device, config.precision):
         if run.objective is None:
             loss = diffusion_loss(nets.net, run.schedule, x0, c, p_uncond=config.p_uncond,

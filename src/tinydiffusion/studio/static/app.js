@@ -1,26 +1,41 @@
 // tinydiffusion studio: plain ES2020 modules, no build step, no network beyond this server's /api/.
 // The entry point: tabs, the model list, and the wiring of every control.
-import { $, state, el, api, showError, clearError } from "./util.js";
+import { $, state, el, api, showError, clearError, announce } from "./util.js";
 import { renderModelCard, renderContext, renderSampling, updateContextString, updateEta } from "./controls.js";
-import { resetLive, setLiveState, closeStream, generate, cancel, replay } from "./live.js";
+import { resetLive, setLiveState, closeStream, generate, cancel, replay, busy } from "./live.js";
 import { pausePreview, resumePreview, schedulePreview, stopPreview } from "./instant.js";
-import { newSettingRow, renderCompareSettings, updateCompareButtons, runCompare } from "./compare.js";
-import { initEdit, resetEdit } from "./edit.js";
+import { newSettingRow, renderCompareSettings, updateCompareButtons, runCompare, cancelCompare } from "./compare.js";
+import { initEdit, resetEdit, runEdit, describePlan } from "./edit.js";
 import { loadRuns, refreshRun, startRunMonitor, stopRunMonitor } from "./monitor.js";
 
-// ---------- tabs ----------
+const TABS = ["generate", "edit", "compare", "training"];
+const ACTIONS = { generate: "generate", edit: "edit-run", compare: "compare-run", training: "run-select" };
 
-function showTab(name) {
+// ---------- tabs (the ARIA tabs pattern: one Tab stop, arrow keys move between them) ----------
+
+function showTab(name, focus = false) {
   for (const tab of document.querySelectorAll(".tab")) {
     const on = tab.dataset.tab === name;
     tab.classList.toggle("active", on);
     tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    if (on && focus) tab.focus();
   }
-  for (const p of ["generate", "edit", "compare", "training"]) $(`panel-${p}`).hidden = p !== name;
-  $("controls").classList.toggle("dim", name === "training");
+  for (const p of TABS) $(`panel-${p}`).hidden = p !== name;
+  // Generate and Cancel act on the Generate tab only: elsewhere they would run a job out of sight
+  $("generate-actions").hidden = name !== "generate";
   document.body.dataset.tab = name;
   if (name === "generate") resumePreview(); else pausePreview();
   if (name === "training") startRunMonitor(); else stopRunMonitor();
+  if (name === "edit") describePlan();
+}
+
+function tabKeys(e) {
+  const k = TABS.indexOf(document.body.dataset.tab);
+  const next = { ArrowRight: k + 1, ArrowLeft: k - 1, Home: 0, End: TABS.length - 1 }[e.key];
+  if (next === undefined) return;
+  e.preventDefault();
+  showTab(TABS[(next + TABS.length) % TABS.length], true);
 }
 
 // ---------- models ----------
@@ -28,6 +43,7 @@ function showTab(name) {
 async function loadModels(rescan = false) {
   try {
     const models = await api("/api/models" + (rescan ? "?rescan=1" : ""));
+    const before = new Set(state.models.map((m) => m.name));
     state.models = models;
     const select = $("model-select");
     const previous = select.value;
@@ -41,8 +57,11 @@ async function loadModels(rescan = false) {
       $("model-card").textContent = "No models found. Train one with `tinydiffusion train --out runs/NAME` and press ↻.";
       return;
     }
+    const added = rescan ? models.filter((m) => !before.has(m.name)).map((m) => m.name) : [];
+    if (added.length) announce(`New in the Model list: ${added.join(", ")}.`);
     select.value = models.some((m) => m.name === previous) ? previous : models[0].name;
-    selectModel(select.value);
+    if (select.value !== previous || !state.model) selectModel(select.value);
+    else { state.model = models.find((m) => m.name === previous); renderModelCard(state.model); }
   } catch (err) {
     showError(err.message);
   }
@@ -68,18 +87,33 @@ function selectModel(name) {
   schedulePreview();  // a student shows a first picture at once
 }
 
-// Generate (the button or Ctrl+Enter): the live stream, in place of any instant preview.
+// Generate (the button or Ctrl+Enter): the live stream, in place of any instant preview. The button stays
+// focusable while a job runs (aria-disabled), so a press then does nothing.
 function generateNow() {
+  if (busy()) return;
   stopPreview();
   generate();
+}
+
+// Ctrl+Enter and the skip link: the action of the tab shown.
+function runAction() {
+  const tab = document.body.dataset.tab;
+  if (tab === "generate") generateNow();
+  else if (tab === "edit" && !$("edit-run").disabled) runEdit();
+  else if (tab === "compare") runCompare();
 }
 
 // ---------- wiring ----------
 
 function init() {
-  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => showTab(tab.dataset.tab));
+    tab.addEventListener("keydown", tabKeys);
+  }
+  $("skip").addEventListener("click", (e) => { e.preventDefault(); $(ACTIONS[document.body.dataset.tab]).focus(); });
   $("model-select").addEventListener("change", (e) => selectModel(e.target.value));
   $("rescan").addEventListener("click", () => loadModels(true));
+  document.addEventListener("modelschanged", () => loadModels(true));  // the monitor saw a newly exported model
   $("context-none").addEventListener("change", (e) => {
     if (e.target.checked) $("context-all").checked = false;
     updateContextString();
@@ -96,7 +130,7 @@ function init() {
   document.addEventListener("contextchange", schedulePreview);
   for (const id of ["steps-choice", "seed", "n"]) $(id).addEventListener("change", schedulePreview);
   $("generate").addEventListener("click", generateNow);
-  $("cancel").addEventListener("click", cancel);
+  $("cancel").addEventListener("click", () => { cancel(); $("generate").focus(); });
   $("replay").addEventListener("click", replay);
   $("error-close").addEventListener("click", clearError);
   $("compare-add").addEventListener("click", () => {
@@ -105,13 +139,15 @@ function init() {
     updateCompareButtons();
   });
   $("compare-run").addEventListener("click", runCompare);
+  $("compare-cancel").addEventListener("click", () => { cancelCompare(); $("compare-run").focus(); });
   $("run-select").addEventListener("change", refreshRun);
   $("run-refresh").addEventListener("click", loadRuns);
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("generate").disabled) generateNow();
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runAction(); }
   });
   window.addEventListener("beforeunload", () => { stopPreview(); closeStream(); });
   setLiveState("idle", "ready");
+  showTab("generate");
   initEdit();
   loadModels();
 }

@@ -1,6 +1,6 @@
 // The controls on the left: the model card, the context (class sliders or prompts) and the sampling
 // parameters, read as the API's query/body fields.
-import { $, state, el, fmtNum, fmtParams, SAMPLER_NAMES, SHORT_NAMES } from "./util.js";
+import { $, state, el, fmtNum, fmtParams, plural, InputError, SAMPLER_NAMES, SHORT_NAMES } from "./util.js";
 
 export function renderModelCard(m) {
   const card = $("model-card");
@@ -18,12 +18,12 @@ export function renderModelCard(m) {
     ["context", what],
     ["network", `${m.image_size}×${m.image_size} px · ${fmtParams(m.parameters)} parameters`],
     ["objective", `${m.prediction || "eps"}-prediction · T = ${m.T}`],
-    ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${d.steps || m.T} steps, guidance ${fmtNum(d.guidance ?? 1)}`],
+    ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${plural(d.steps || m.T, "step")}, guidance ${fmtNum(d.guidance ?? 1)}`],
   ];
   const s = m.distilled;
   if (s) {
-    rows.push(["student", `${s.method} distillation: ${SHORT_NAMES[s.sampler] || s.sampler} in ${stepCounts(s.steps)} steps, guidance ${fmtNum(s.guidance)} folded in`]);
-    if (s.teacher) rows.push(["teacher", `${s.teacher}${s.teacher_steps ? ` (${SHORT_NAMES[s.teacher_sampler] || s.teacher_sampler || "DDIM"}, ${s.teacher_steps} steps)` : ""}`]);
+    rows.push(["student", `${s.method} distillation: ${SHORT_NAMES[s.sampler] || s.sampler} in ${stepCounts(s.steps)}, guidance ${fmtNum(s.guidance)} folded in`]);
+    if (s.teacher) rows.push(["teacher", `${s.teacher}${s.teacher_steps ? ` (${SHORT_NAMES[s.teacher_sampler] || s.teacher_sampler || "DDIM"}, ${plural(s.teacher_steps, "step")})` : ""}`]);
   }
   if (m.card && m.card.trained) rows.push(["trained", m.card.trained]);
   const dl = el("dl");
@@ -71,6 +71,13 @@ export function renderContext(m) {
   updateContextString();
 }
 
+// "every class" and "none" override the sliders: they are dimmed (and say so) while either is ticked.
+function dimSliders() {
+  const off = $("context-all").checked || $("context-none").checked;
+  $("class-sliders").classList.toggle("overridden", off);
+  $("class-sliders").title = off ? "Not used: “every class” or “none” is ticked" : "";
+}
+
 // The CLI's mixture syntax: "hero=1,item=0.6"; all zero (or the toggle) = "none".
 export function classMixture() {
   const parts = [];
@@ -102,6 +109,7 @@ export function contextParams() {
 
 // Every change of the context ends here; the "contextchange" event lets the instant preview follow it.
 export function updateContextString() {
+  dimSliders();
   const p = contextParams();
   let text = p.context === undefined ? (state.model && state.model.kind === "class" ? "(every class)" : "(default rows)") : p.context;
   if (p.context_to) text += `  →  ${p.context_to} @ ${fmtNum(p.mix)}`;
@@ -126,11 +134,13 @@ export function renderSampling(m) {
   $("steps").hidden = !!s;
   choice.hidden = !s;
   $("steps").value = d.steps || m.T || 50;
+  $("steps").placeholder = `auto (${d.steps || m.T})`;
   $("steps").max = m.T || "";
   if (s) choice.value = String(s.steps.includes(d.steps) ? d.steps : s.steps[0]);
   $("steps-max").textContent = s ? "" : m.T ? `(1–${m.T})` : "";
   $("guidance").value = s ? s.guidance : d.guidance != null ? d.guidance : 1;
   $("guidance-rescale").value = "0";
+  $("eta").value = "0";  // a student has no η; an ordinary model starts deterministic
   for (const id of ["guidance", "guidance-rescale"]) {
     $(id).disabled = !!s;
     $(id).closest(".field").classList.toggle("disabled", !!s);
@@ -139,16 +149,17 @@ export function renderSampling(m) {
   note.hidden = !s;
   note.replaceChildren();
   if (s) {
-    note.append(el("b", { text: `distilled: ${stepCounts(s.steps)} steps, guidance ${fmtNum(s.guidance)} inside` }),
-      el("span", { class: "muted", text: " · instant preview: moving the context samples again" }));
+    note.append(el("b", { text: `distilled: ${stepCounts(s.steps)}, guidance ${fmtNum(s.guidance)} inside` }),
+      el("span", { class: "muted", text: " · instant preview: moving the context samples again, also while dragging" }));
   }
   updateEta();
 }
 
-// "4", "2 or 4", "1, 2 or 4"
+// "4 steps", "1 step", "2 or 4 steps", "1, 2 or 4 steps"
 export function stepCounts(steps) {
   const k = steps.map(String);
-  return k.length > 1 ? `${k.slice(0, -1).join(", ")} or ${k[k.length - 1]}` : k.join("");
+  const list = k.length > 1 ? `${k.slice(0, -1).join(", ")} or ${k[k.length - 1]}` : k.join("");
+  return `${list} ${k.length === 1 && k[0] === "1" ? "step" : "steps"}`;
 }
 
 export function updateEta() {
@@ -157,13 +168,29 @@ export function updateEta() {
   $("eta-field").classList.toggle("disabled", !ddim);
 }
 
-// Raw values go to the server, which validates them like the CLI (its message is shown on error).
+// Raw values go to the server, which validates them like the CLI (its message is shown on error). An empty
+// Steps or Guidance means the model card's (left out); a number field holding what the browser cannot read as a
+// number ("3e", "1e400", which it shows but reports as empty) is an InputError, never silently dropped.
 // A student's guidance is left out: the server uses its card's, the one folded into it.
+const LABELS = { steps: "Steps", guidance: "Guidance", "guidance-rescale": "Rescale", eta: "η", seed: "Seed", n: "Images" };
+
+export function readNumber(id) {
+  const input = $(id), text = input.value;
+  if (text === "" && input.validity.badInput) {
+    throw new InputError(id, `${LABELS[id] || id}: what was typed is not a number the page can read (e.g. 3, 7.5 or 1e2); `
+      + "fix it or empty the field for the default");
+  }
+  if (text === "") return undefined;
+  const v = Number(text);
+  if (!Number.isFinite(v)) throw new InputError(id, `${LABELS[id] || id}: ${text} is not a finite number`);
+  return v;
+}
+
 export function samplingParams() {
   const m = state.model, student = !!(m && m.distilled);
   const p = { model: m ? m.name : "", ...contextParams() };
   p.sampler = $("sampler").value;
-  const num = (id, key) => { const v = $(id).value; if (v !== "") p[key] = Number(v); };
+  const num = (id, key) => { const v = student && id === "steps-choice" ? Number($(id).value) : readNumber(id); if (v !== undefined) p[key] = v; };
   num(student ? "steps-choice" : "steps", "steps");
   if (!student) {
     num("guidance", "guidance");
@@ -172,9 +199,5 @@ export function samplingParams() {
   }
   num("seed", "seed");
   num("n", "n");
-  for (const [id, key] of [["steps", "steps"], ["seed", "seed"], ["n", "n"]]) {
-    if (student && id === "steps") continue;
-    if ($(id).value === "" && $(id).validity.badInput) p[key] = "invalid";
-  }
   return p;
 }

@@ -1,10 +1,14 @@
 // Edit: an input picture (an upload, or a click on an image of the Generate result), a mask painted with the
 // mouse (painted = generate), strength, then POST /api/edit/stream read as Server-Sent Events with fetch.
-// The context, sampler, steps, guidance, seed and images come from the controls on the left.
-import { $, state, api, showError, clearError, fmtNum } from "./util.js";
+// The context, guidance, seed and images come from the controls on the left; so do the sampler and steps of an
+// img2img edit, while inpainting (a mask) uses its own defaults: RePaint over the API's 50 DDPM steps, strength 1
+// (unless the strength slider was moved).
+import { $, state, showError, clearError, fmtNum, plural, announce, postStream, cancelJob, describeGrid,
+  InputError, SAMPLER_NAMES } from "./util.js";
 import { samplingParams } from "./controls.js";
 
-const edit = { size: 0, input: null, mask: null, painting: false, ctrl: null, job: null, frames: 0 };
+const edit = { size: 0, input: null, mask: null, painting: false, ctrl: null, job: null, frames: 0, strengthSet: false };
+const STRENGTH = { img2img: 0.6, inpaint: 1 };  // the API's defaults
 
 function size() { return (state.model && state.model.image_size) || 32; }
 
@@ -37,6 +41,7 @@ function setInput(img) {
   edit.mask = new Uint8Array(S * S);
   $("edit-canvas").dataset.input = img ? "1" : "0";
   $("edit-run").disabled = !img;
+  if (img) announce("Input picture loaded: paint the region to generate, or press Edit.");
   $("edit-hint").hidden = !!img;
   draw();
 }
@@ -92,6 +97,31 @@ function draw() {
   }
   canvas.dataset.painted = String(painted);
   $("edit-mask-info").textContent = painted ? `${painted} of ${S * S} pixels to generate (inpainting)` : "no mask: the whole picture is re-dressed (img2img)";
+  canvas.setAttribute("aria-label", !edit.input ? "The input picture and its mask: no input yet"
+    : `The input picture, ${S}×${S} pixels, ${painted ? `${painted} of them painted to generate` : "nothing painted"}`);
+  if (!edit.strengthSet) {  // the defaults of what it now is: img2img 0.6, inpainting 1
+    const v = painted ? STRENGTH.inpaint : STRENGTH.img2img;
+    $("edit-strength").value = String(v);
+    $("edit-strength-out").textContent = v.toFixed(2);
+  }
+  describePlan();
+}
+
+// What the Edit button will run, in words.
+export function describePlan() {
+  const painted = edit.mask && edit.mask.some((v) => v);
+  const strength = fmtNum($("edit-strength").value);
+  let how;
+  if (painted) how = `inpainting: RePaint over 50 DDPM steps, strength ${strength}`;
+  else {
+    const m = state.model, student = !!(m && m.distilled);
+    const steps = Number(student ? $("steps-choice").value : $("steps").value) || 0;
+    const k = steps ? Math.min(steps, Math.max(1, Math.floor(Number(strength) * steps + 0.5))) : 0;
+    how = `img2img: ${SAMPLER_NAMES[$("sampler").value] || $("sampler").value}, `
+      + (steps ? `the last ${k} of ${plural(steps, "step")} (strength ${strength})` : `strength ${strength} of the card's steps`);
+    if (steps && k === steps && Number(strength) < 1) how += " — this rounds to the whole grid: the input would be ignored";
+  }
+  $("edit-plan").textContent = how;
 }
 
 function paintAt(event) {
@@ -124,17 +154,37 @@ function maskUrl() {
 function setEditState(s, label) {
   $("edit-live").dataset.state = s;
   $("edit-state").textContent = label || s;
-  const busy = s === "queued" || s === "running" || s === "connecting";
-  $("edit-run").disabled = busy || !edit.input;
+  const busy = s === "queued" || s === "running" || s === "connecting" || s === "loading";
+  $("edit-run").setAttribute("aria-disabled", String(busy));
+  $("edit-run").disabled = !edit.input;
   $("edit-cancel").disabled = !busy;
+}
+
+export function editBusy() {
+  return edit.ctrl !== null;
+}
+
+// The request: the left column's parameters, the pictures and the strength; with a mask, inpainting's own sampler
+// and steps (the API's defaults: 50 DDPM steps), not the left column's (10 DPM-Solver++ steps left 6 noisy ones).
+function editBody() {
+  const body = { ...samplingParams(), image: edit.inputCanvas.toDataURL("image/png"), strength: Number($("edit-strength").value) };
+  if (edit.mask.some((v) => v)) {
+    body.mask = maskUrl();
+    delete body.sampler; delete body.steps; delete body.eta;
+  }
+  return body;
 }
 
 export async function runEdit() {
   clearError();
   if (!state.model || !edit.input) { showError("Choose an input picture first."); return; }
-  editCancel(true);
-  const body = { ...samplingParams(), image: edit.inputCanvas.toDataURL("image/png"), strength: Number($("edit-strength").value) };
-  if (edit.mask.some((v) => v)) body.mask = maskUrl();
+  if (editBusy()) return;
+  let body;
+  try { body = editBody(); } catch (err) {
+    if (!(err instanceof InputError)) throw err;
+    showError(err.message, err.field);
+    return;
+  }
   const live = $("edit-live");
   edit.frames = 0;
   live.dataset.frames = "0";
@@ -142,37 +192,16 @@ export async function runEdit() {
   $("edit-result").hidden = true;
   for (const id of ["edit-xt", "edit-x0"]) $(id).removeAttribute("src");
   setEditState("connecting", "connecting…");
+  announce("Editing…");
   const ctrl = new AbortController();
   edit.ctrl = ctrl;
   try {
-    const res = await fetch("/api/edit/stream", {
-      method: "POST", signal: ctrl.signal, body: JSON.stringify(body),
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-    });
-    if (!res.ok) {
-      const err = await res.json().catch(() => null);
-      throw new Error(err && err.error ? err.error : `${res.status} ${res.statusText}`);
-    }
-    const reader = res.body.getReader(), decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const event = (block.match(/^event: (.*)$/m) || [])[1];
-        const data = (block.match(/^data: (.*)$/m) || [])[1];
-        if (event && data && onEvent(event, JSON.parse(data))) { ctrl.abort(); return; }
-      }
-    }
-    if (edit.ctrl === ctrl) throw new Error("The stream was interrupted.");
+    await postStream("/api/edit/stream", body, onEvent, ctrl.signal);
   } catch (err) {
     if (ctrl.signal.aborted) return;
     showError(err.message);
     setEditState("error", "error");
+    announce(`Error: ${err.message}`);
   } finally {
     if (edit.ctrl === ctrl) edit.ctrl = null;
   }
@@ -182,7 +211,9 @@ export async function runEdit() {
 function onEvent(event, d) {
   if (d.job) edit.job = d.job;
   if (event === "queued") { setEditState("queued", d.position > 0 ? `queued (#${d.position + 1})` : "starting…"); return false; }
+  if (event === "loading") { setEditState("loading", `loading the ${d.what}…`); announce(`Loading the ${d.what}.`); return false; }
   if (event === "frame") {
+    $("edit-live").hidden = false;
     $("edit-xt").src = d.x_t;
     $("edit-x0").src = d.x0;
     edit.frames += 1;
@@ -192,18 +223,24 @@ function onEvent(event, d) {
     return false;
   }
   if (event === "done") {
+    const what = d.inpaint ? "inpainting" : "img2img";
     $("edit-grid").src = d.grid;
-    $("edit-info").textContent = `${d.inpaint ? "inpainting" : "img2img"} · strength ${fmtNum(d.strength)} · ${d.sampler} · ${fmtNum(d.seconds)} s · ${d.nfe} network evals`;
+    $("edit-grid").alt = `Edit result (${what}, strength ${fmtNum(d.strength)}): each row the input, `
+      + `${d.inpaint ? "the mask, " : ""}then ${describeGrid({ ...d, sampler: null }, "edits")}`;
+    $("edit-info").textContent = `${what} · strength ${fmtNum(d.strength)} · ${d.sampler} · ${plural(d.steps, "step")} · ${fmtNum(d.seconds)} s · ${d.nfe} network evals`;
     $("edit-dl-png").href = d.downloads.png;
     $("edit-dl-gif").href = d.downloads.gif;
     $("edit-result").hidden = false;
+    $("edit-live").hidden = true;  // the result takes the live frames' place: above the fold
+    $("edit-grid").decode().catch(() => {}).then(() => $("edit-result").scrollIntoView({ block: "nearest" }));
     $("edit-progress").style.width = "100%";
     setEditState("done", `done in ${fmtNum(d.seconds)} s`);
+    announce(`Edit done in ${fmtNum(d.seconds)} s.`);
     return true;
   }
   if (event === "error") {
-    if (d.cancelled) setEditState("cancelled", "cancelled");
-    else { showError(d.error); setEditState("error", "error"); }
+    if (d.cancelled) { setEditState("cancelled", "cancelled"); announce("Cancelled."); }
+    else { showError(d.error); setEditState("error", "error"); announce(`Error: ${d.error}`); }
     return true;
   }
   return false;
@@ -216,11 +253,12 @@ export async function editCancel(quiet = false) {
   ctrl.abort();  // closing the stream cancels the job on the server; say so explicitly too
   setEditState("cancelled", "cancelled");
   if (job && !quiet) {
-    try { await api(`/api/jobs/${encodeURIComponent(job)}/cancel`, { method: "POST" }); } catch (_) { /* finished */ }
+    try { await cancelJob(job); } catch (_) { /* finished */ }
   }
 }
 
 export function initEdit() {
+  $("edit-upload").addEventListener("click", () => $("edit-file").click());  // a button: reachable from the keyboard
   $("edit-file").addEventListener("change", (e) => uploadFile(e.target.files[0]));
   $("final-grid").addEventListener("click", useSample);
   const canvas = $("edit-canvas");
@@ -235,7 +273,12 @@ export function initEdit() {
   canvas.addEventListener("pointermove", (e) => { if (edit.painting) paintAt(e); });
   for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { edit.painting = false; });
   $("edit-brush").addEventListener("input", () => { $("edit-brush-out").textContent = $("edit-brush").value; });
-  $("edit-strength").addEventListener("input", () => { $("edit-strength-out").textContent = Number($("edit-strength").value).toFixed(2); });
+  $("edit-strength").addEventListener("input", () => {
+    edit.strengthSet = true;  // the user's choice now, whatever the mask
+    $("edit-strength-out").textContent = Number($("edit-strength").value).toFixed(2);
+    describePlan();
+  });
+  for (const id of ["sampler", "steps", "steps-choice"]) $(id).addEventListener("change", describePlan);
   $("edit-clear").addEventListener("click", () => { edit.mask.fill(0); draw(); });
   $("edit-invert").addEventListener("click", () => { edit.mask = edit.mask.map((v) => 1 - v); draw(); });
   $("edit-run").addEventListener("click", runEdit);

@@ -1,19 +1,28 @@
-// Live denoising: the EventSource stream of frames, the final grid and its downloads, cancel and replay.
-import { $, state, el, api, showError, clearError, fmtNum } from "./util.js";
+// Live denoising: POST /api/stream read as Server-Sent Events (queued, loading, frame…, done | error), the final
+// grid and its downloads, cancel and replay. Generate stays focusable while it runs (aria-disabled, not
+// disabled), so keyboard focus is still on it when the result comes; progress is announced to screen readers.
+import { $, state, el, showError, clearError, fmtNum, plural, announce, postStream, cancelJob, describeGrid,
+  InputError } from "./util.js";
 import { samplingParams } from "./controls.js";
+
+const BUSY = ["queued", "running", "connecting", "loading"];
+
+export function busy() {
+  return BUSY.includes($("live").dataset.state);
+}
 
 export function setLiveState(s, label) {
   $("live").dataset.state = s;
   $("state-label").textContent = label || s;
   $("state-label").className = `state ${s}`;
-  const busy = s === "queued" || s === "running" || s === "connecting";
-  $("generate").disabled = busy;
-  $("cancel").disabled = !busy;
+  const running = BUSY.includes(s);
+  $("generate").setAttribute("aria-disabled", String(running));
+  $("cancel").disabled = !running;
 }
 
 // A new model: stop any running job and clear the stage.
 export function resetLive() {
-  if (state.es) cancel();
+  if (state.ctrl) cancel();
   stopReplay();
   state.frames = [];
   const live = $("live");
@@ -31,17 +40,20 @@ export function resetLive() {
 }
 
 export function closeStream() {
-  if (state.es) { state.es.close(); state.es = null; }
+  if (state.ctrl) { state.ctrl.abort(); state.ctrl = null; }  // the server cancels the job of a closed stream
 }
 
-export function generate() {
+export async function generate() {
   clearError();
   if (!state.model) { showError("No model selected."); return; }
+  if (busy()) return;
+  let params;
+  try { params = samplingParams(); } catch (err) {
+    if (!(err instanceof InputError)) throw err;
+    showError(err.message, err.field);
+    return;
+  }
   closeStream();
-  const params = samplingParams();
-  const query = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) query.append(k, String(v));
-  const url = "/api/stream?" + query.toString();
   const live = $("live");
   live.dataset.frames = "0";
   stopReplay();
@@ -54,88 +66,88 @@ export function generate() {
   for (const id of ["stat-step", "stat-t", "stat-nfe", "stat-ms"]) $(id).textContent = "–";
   state.job = null;
   setLiveState("connecting", "connecting…");
-  let settled = false;
-  const es = new EventSource(url);
-  state.es = es;
+  announce("Generating…");
+  if (window.matchMedia("(max-width: 900px)").matches) $("stats").scrollIntoView({ block: "start", behavior: "smooth" });
+  const ctrl = new AbortController();
+  state.ctrl = ctrl;
+  const t0 = performance.now();
+  try {
+    await postStream("/api/stream", params, (event, d) => onEvent(event, d, t0), ctrl.signal);
+  } catch (err) {
+    if (ctrl.signal.aborted) return;
+    showError(err.message);
+    setLiveState("error", "error");
+    announce(`Error: ${err.message}`);
+    live.classList.add("stale");
+  } finally {
+    if (state.ctrl === ctrl) state.ctrl = null;
+  }
+}
 
-  es.addEventListener("queued", (e) => {
-    const d = JSON.parse(e.data);
-    state.job = d.job;
+// One event of the stream; true when it was the last.
+function onEvent(event, d, t0) {
+  const live = $("live");
+  if (d.job) state.job = d.job;
+  if (event === "queued") {
     setLiveState("queued", d.position > 0 ? `queued (#${d.position + 1})` : "starting…");
-  });
-
-  es.addEventListener("frame", (e) => {
-    const d = JSON.parse(e.data);
-    state.job = d.job;
+    if (d.position > 0) announce(`Queued: ${d.position} job${d.position === 1 ? "" : "s"} ahead.`);
+  } else if (event === "loading") {
+    const what = d.what === "text encoder" ? "the text encoder (first prompt: a few seconds)" : `the model ${d.model || ""}`;
+    setLiveState("loading", `loading ${what}…`);
+    announce(`Loading ${what}.`);
+  } else if (event === "frame") {
     if (!state.frames.length) fitLayout(d.x_t);
     state.frames.push(d);
-    $("live-xt").src = d.x_t;
-    $("live-x0").src = d.x0;
+    showFrame(d);
     live.dataset.frames = String(Number(live.dataset.frames) + 1);
-    $("stat-step").textContent = `${d.step}/${d.steps}`;
-    $("stat-t").textContent = d.t;
-    $("stat-nfe").textContent = d.nfe;
-    $("stat-ms").textContent = Number(d.elapsed_ms).toLocaleString("en-US");
-    $("progress-bar").style.width = `${(100 * d.step) / d.steps}%`;
+    if (live.dataset.state !== "running") announce(`Denoising ${plural(d.steps, "step")}.`);
     setLiveState("running", "denoising…");
-  });
-
-  es.addEventListener("done", (e) => {
-    settled = true;
-    closeStream();
-    showResult(JSON.parse(e.data));
-  });
-
-  // A server-sent "error" event carries JSON data; a connection failure is a plain Event.
-  es.addEventListener("error", async (e) => {
-    if (settled) return;
-    settled = true;
-    closeStream();
-    if (e.data) {
-      let msg = e.data, info = {};
-      try { info = JSON.parse(e.data); msg = info.error || msg; } catch (_) { /* keep the raw text */ }
-      if (info.cancelled) { setLiveState("cancelled", "cancelled"); live.classList.add("stale"); return; }
-      if (info.retry_after) msg += ` (the server is busy: try again in ${info.retry_after} s)`;
-      showError(msg);
-      setLiveState("error", "error");
-      live.classList.add("stale");
-      return;
-    }
-    // EventSource hides the body of a 4xx/5xx answer: ask again with fetch to read its JSON error.
-    const ctrl = new AbortController();
-    try {
-      const res = await fetch(url, { signal: ctrl.signal, headers: { Accept: "application/json" } });
-      if (!res.ok) {
-        const body = await res.json().catch(() => null);
-        showError(body && body.error ? body.error : `${res.status} ${res.statusText}`);
-      } else {
-        showError("The stream was interrupted.");
-      }
-    } catch (_) {
-      showError("Lost the connection to the server.");
-    } finally {
-      ctrl.abort();
-    }
-    setLiveState("error", "error");
+  } else if (event === "done") {
+    showResult(d, "", (performance.now() - t0) / 1000);
+    return true;
+  } else if (event === "error") {
     live.classList.add("stale");
-  });
+    if (d.cancelled) { setLiveState("cancelled", "cancelled"); announce("Cancelled."); return true; }
+    let msg = d.error || "error";
+    if (d.retry_after) msg += ` (the server is busy: try again in ${d.retry_after} s)`;
+    showError(msg);
+    setLiveState("error", "error");
+    announce(`Error: ${msg}`);
+    return true;
+  }
+  return false;
+}
+
+function showFrame(d) {
+  $("live-xt").src = d.x_t;
+  $("live-x0").src = d.x0;
+  $("live-xt").alt = `the noisy image x_t after step ${d.step} of ${d.steps}`;
+  $("live-x0").alt = `the network's guess of the clean image at step ${d.step} of ${d.steps}`;
+  $("stat-step").textContent = `${d.step}/${d.steps}`;
+  $("stat-t").textContent = d.t;
+  $("stat-nfe").textContent = d.nfe;
+  $("stat-ms").textContent = Number(d.elapsed_ms).toLocaleString("en-US");
+  $("progress-bar").style.width = `${(100 * d.step) / d.steps}%`;
 }
 
 // A finished job's grid (the stream's "done" event, or an instant preview's answer): the result with its row
-// labels, timing and downloads, in place of the live view.
-export function showResult(d, note = "") {
+// labels, timing and downloads, in place of the live view. `wall`: seconds the user waited (a model load too).
+export function showResult(d, note = "", wall = null) {
   state.lastDone = d;  // the Edit tab takes a sample from it
   const grid = $("final-grid");
   grid.src = d.grid;
+  grid.alt = `Result: ${describeGrid(d)}. Click an image to edit it.`;
   grid.dataset.job = d.job || "";
   grid.dataset.rows = (d.rows || []).join(" | ");
   const labels = $("row-labels");
   labels.replaceChildren();
+  $("result").classList.toggle("labelled", Array.isArray(d.rows) && d.rows.length > 1);
   if (Array.isArray(d.rows) && d.rows.length > 1) {
     labels.style.gridTemplateRows = `repeat(${d.rows.length}, 1fr)`;
     for (const name of d.rows) labels.append(el("span", { text: name, title: name }));
   }
-  $("result-info").textContent = `${fmtNum(d.seconds)} s · ${d.nfe} network evals${note ? ` · ${note}` : ""}`;
+  const waited = wall != null && wall > d.seconds + 0.5 ? ` (${fmtNum(wall)} s with loading)` : "";
+  $("result-info").textContent = `${fmtNum(d.seconds)} s · ${plural(d.steps, "step")} · ${d.nfe} network evals${note ? ` · ${note}` : ""}`;
   $("replay").hidden = state.frames.length < 2;
   const dl = d.downloads || {};
   for (const kind of ["png", "npz", "gif"]) {
@@ -150,7 +162,9 @@ export function showResult(d, note = "") {
   live.hidden = true;
   live.classList.remove("stale");
   live.dataset.finalAfter = live.dataset.frames;
-  setLiveState("done", `${note || "done"} in ${fmtNum(d.seconds)} s`);
+  $("stat-t").textContent = "–";  // no timestep after the last one
+  setLiveState("done", `${note || "done"} in ${fmtNum(wall != null ? wall : d.seconds)} s`);
+  if (!note) announce(`Done in ${fmtNum(d.seconds)} s${waited}: ${describeGrid(d)}.`);
 }
 
 // Side by side for squarish grids, one above the other for wide ones (a single row of images).
@@ -169,14 +183,7 @@ export function replay() {
   $("result").hidden = true;
   let i = 0;
   state.replay = setInterval(() => {
-    const d = state.frames[i];
-    $("live-xt").src = d.x_t;
-    $("live-x0").src = d.x0;
-    $("stat-step").textContent = `${d.step}/${d.steps}`;
-    $("stat-t").textContent = d.t;
-    $("stat-nfe").textContent = d.nfe;
-    $("stat-ms").textContent = Number(d.elapsed_ms).toLocaleString("en-US");
-    $("progress-bar").style.width = `${(100 * d.step) / d.steps}%`;
+    showFrame(state.frames[i]);
     i += 1;
     if (i >= state.frames.length) {
       stopReplay();
@@ -194,8 +201,9 @@ export async function cancel() {
   const job = state.job;
   closeStream();
   setLiveState("cancelled", "cancelled");
+  $("live").classList.add("stale");
+  announce("Cancelled.");
   if (job) {
-    try { await api(`/api/jobs/${encodeURIComponent(job)}/cancel`, { method: "POST" }); }
-    catch (err) { showError(err.message); }
+    try { await cancelJob(job); } catch (err) { showError(err.message); }
   }
 }

@@ -1,5 +1,6 @@
-"""``/docs``: the OpenAPI description as one self-contained HTML page (no CDN, no script), so it works offline;
-and what the routes add to that description (their parameters, JSON bodies and examples)."""
+"""``/docs``: the OpenAPI description as one HTML page (no CDN, no script, its style in ``static/apidocs.css``:
+the same-origin CSP allows no inline style), so it works offline; and what the routes add to that description
+(their JSON bodies and examples)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,6 @@ import html
 import json
 from typing import Any
 
-_STYLE = """body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#1d2330}
-h1{margin-bottom:.2em}code,pre{font:13px ui-monospace,monospace;background:#f2f4f8;border-radius:4px}
-pre{padding:.6em;overflow:auto}.op{border:1px solid #d8dce6;border-radius:8px;margin:1em 0;padding:.6em 1em}
-.m{display:inline-block;min-width:4.5em;font-weight:700;color:#fff;border-radius:4px;text-align:center;margin-right:.6em}
-.get{background:#2f7d4f}.post{background:#2f5fa8}table{border-collapse:collapse}td,th{padding:.2em .8em .2em 0;
-text-align:left;vertical-align:top}.muted{color:#667}"""
 PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero=1,item=0.6, none, or a prompt; "
               "repeat for more rows", "context_to": "blend the context towards this one", "mix": "blend weight 0..1",
               "sampler": "ddpm, ddim, dpmpp_2m, euler or consistency (a distilled student: only its own)",
@@ -30,11 +25,14 @@ def page(spec: dict[str, Any]) -> str:
     """Every operation of ``spec`` (method, path, summary, description, parameters, request body)."""
     info = spec.get("info", {})
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(info.get('title', 'API'))}"
-             f"</title><style>{_STYLE}</style></head><body>",
+             f"</title><link rel='stylesheet' href='/static/apidocs.css'><link rel='icon' href='data:,'></head><body>",
              f"<h1>{_e(info.get('title', 'API'))} <span class='muted'>{_e(info.get('version', ''))}</span></h1>",
              f"<p>{_e(info.get('description', ''))}</p>",
              "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>. Errors are JSON "
-             "<code>{\"error\": \"…\"}</code> with status 404, 422, 429 (with <code>Retry-After</code>) or 500.</p>"]
+             "<code>{\"error\": \"…\"}</code> with status 403 (a foreign Host or Origin, a missing token), 404, "
+             "408, 415 (a body that is not <code>application/json</code>), 422, 429 (with <code>Retry-After</code>), "
+             "503 or 500. Every request with a body is a <code>POST</code> with <code>Content-Type: "
+             "application/json</code>; see docs/studio_api.md.</p>"]
     for path, methods in spec.get("paths", {}).items():
         for method, op in methods.items():
             parts.append(_operation(path, method, op))
@@ -48,12 +46,6 @@ def body_docs(example: dict, edit: bool = False) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "properties": {k: {"description": v} for k, v in docs.items()}},
         "example": example}}}}
-
-
-def query_docs() -> dict:
-    """A route's ``openapi_extra``: the sampling parameters as query strings (``/api/stream``)."""
-    return {"parameters": [{"name": k, "in": "query", "description": v, "schema": {"type": "string"}}
-                           for k, v in PARAM_DOCS.items()]}
 
 
 def _operation(path: str, method: str, op: dict[str, Any]) -> str:

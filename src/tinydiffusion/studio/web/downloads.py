@@ -26,20 +26,20 @@ def cancel(job: str, s: StudioDep) -> dict:
 
 @router.get("/api/jobs/{job}/grid.png", summary="a finished job's grid")
 def grid_png(job: str, s: StudioDep):
-    return _download(_result(s, job).grid_png, "image/png", f"tinydiffusion-{job}.png")
+    return _download(_result(s, job).grid_png, "image/png", f"tinydiffusion-{job[:9]}.png")
 
 
 @router.get("/api/jobs/{job}/samples.npz", summary="a finished job's raw images, contexts, labels, metadata")
 def samples_npz(job: str, s: StudioDep):
     r = _result(s, job)
     return _download(encode.npz(r.images, r.contexts, r.labels, r.metadata), "application/octet-stream",
-                     f"tinydiffusion-{job}.npz")
+                     f"tinydiffusion-{job[:9]}.npz")
 
 
 @router.get("/api/jobs/{job}/anim.gif", summary="a finished job's denoising animation")
 def anim_gif(job: str, s: StudioDep):
     r = _result(s, job)
-    return _download(encode.gif(r.frames + [r.images], r.ncol), "image/gif", f"tinydiffusion-{job}.gif")
+    return _download(encode.gif(r.frames + [r.images], r.ncol), "image/gif", f"tinydiffusion-{job[:9]}.gif")
 
 
 def _result(s: Studio, job_id: str) -> Result:

@@ -1,13 +1,16 @@
 """What the routes do first: get the shared ``Studio`` state (a parameter ``s: StudioDep``), read a JSON body
-within its bound, and check the listed model of a request against its config before queueing."""
+within its bounds (size, time, nesting), and check the listed model of a request against its config before
+queueing. (``guard.py`` has already refused any body that is not ``Content-Type: application/json``.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 
 from ...errors import UsageError
 from ..catalog import Catalog, ModelEntry
@@ -16,6 +19,15 @@ from ..work.params import KEYS, SampleParams, for_model
 from ..work.runner import Pipelines
 
 MAX_BODY = 64 * 1024  # bytes of a JSON request body
+MAX_DEPTH = 8  # nesting of a JSON body (a sampling request needs 2: an object holding a list of contexts)
+BODY_IDLE = 10.0  # seconds a body may pause between two of its pieces …
+BODY_TOTAL = 60.0  # … and take in all; then 408
+
+
+class SlowBody(UsageError):
+    """A body that stopped arriving (or arrives too slowly): 408, and the connection is closed."""
+
+    status = 408
 
 
 @dataclass
@@ -45,14 +57,52 @@ StudioDep = Annotated[Studio, Depends(studio)]  # a route's parameter ``s: Studi
 
 async def read_json(request: Request, limit: int = MAX_BODY,
                     expected: str = "a small JSON object of sampling parameters") -> Any:
-    """The request body as JSON (``{}`` when empty), refused (422) beyond ``limit`` bytes or when not JSON."""
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise UsageError(f"the request body is over {limit} bytes; expected {expected}")
+    """The request body as JSON (``{}`` when empty), refused (422) beyond ``limit`` bytes (a declared length at
+    once, before reading), nested deeper than ``MAX_DEPTH`` or not JSON; 408 when it stops arriving."""
+    over = UsageError(f"the request body is over {limit} bytes; expected {expected}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise over
+    data = await _body(request, limit, over)
     try:
-        return json.loads(data or b"{}")
+        value = json.loads(data or b"{}")
+    except RecursionError:
+        value = None
     except ValueError as e:
         raise UsageError(f"the request body is not valid JSON ({e}); expected an object with keys like "
                          f"{', '.join(KEYS[:4])}") from None
+    if value is None and data.strip() != b"null" or _depth(value) > MAX_DEPTH:
+        raise UsageError(f"the request body nests JSON more than {MAX_DEPTH} levels deep; expected {expected}")
+    return value
+
+
+async def _body(request: Request, limit: int, over: UsageError) -> bytes:
+    """The body's bytes, at most ``limit``; ``SlowBody`` after ``BODY_IDLE`` s of silence or ``BODY_TOTAL`` s."""
+    loop = asyncio.get_running_loop()
+    deadline, data, chunks = loop.time() + BODY_TOTAL, bytearray(), request.stream().__aiter__()
+    while True:
+        wait = min(BODY_IDLE, deadline - loop.time())
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.001))
+        except StopAsyncIteration:
+            return bytes(data)
+        except ClientDisconnect:  # nobody is left to answer: no traceback in the log for it
+            raise SlowBody(f"the client went away before its body arrived ({len(data)} bytes in)") from None
+        except asyncio.TimeoutError:
+            raise SlowBody(f"the request body stopped arriving ({len(data)} bytes in, after {wait:.0f} s without "
+                           f"more); expected the whole body within {BODY_TOTAL:.0f} s") from None
+        data += chunk
+        if len(data) > limit:
+            raise over
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (iteratively: a bomb cannot exhaust the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest

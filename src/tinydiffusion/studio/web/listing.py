@@ -16,12 +16,12 @@ router = APIRouter()
 def models(s: StudioDep, rescan: bool = False) -> list[dict]:
     if rescan:
         s.catalog.rescan()
-    return [entry.card() for entry in s.catalog.models()]
+    return [s.catalog.card(entry) for entry in s.catalog.models()]
 
 
 @router.get("/api/models/{name:path}", summary="one model's card")
 def model(name: str, s: StudioDep) -> dict:
-    return s.catalog.model(name).card()
+    return s.catalog.card(s.catalog.model(name))
 
 
 @router.get("/api/runs", summary="training runs (folders with a metrics.csv) under --runs")

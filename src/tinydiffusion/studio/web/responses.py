@@ -1,6 +1,7 @@
 """How the studio answers: Server-Sent Events, and every error as JSON ``{"error": "..."}`` (404 for a name
-the server did not list, 422 for a bad value with the library's message, 429 with ``Retry-After`` when the
-queue is full, 500 with no details: the traceback goes to the server log)."""
+the server did not list, 422 for a bad value with the library's message, 408 for a body that did not arrive,
+429 with ``Retry-After`` when the queue is full, 500 with no details: the traceback goes to the server log).
+Messages name folders as the listing does, never by an absolute server path (``Catalog.redact``)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,6 @@ async def events(request: Request, jobs: JobQueue, job: Job, position: int):
             jobs.cancel(job.id)
 
 
-async def single_event(event: str, data: dict):
-    yield sse(event, data)
-
-
 def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -49,15 +46,16 @@ def sse_response(events) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def error_parts(e: Exception) -> tuple[int, dict, dict]:
+def error_parts(e: Exception, redact=str) -> tuple[int, dict, dict]:
     if isinstance(e, QueueFull):
         return 429, {"error": str(e), "retry_after": e.retry_after}, {"Retry-After": str(e.retry_after)}
-    return (404 if isinstance(e, NotFound) else 422), {"error": str(e)}, {}
+    status = getattr(e, "status", None) or (404 if isinstance(e, NotFound) else 422)
+    return status, {"error": redact(str(e))}, ({"Connection": "close"} if status == 408 else {})
 
 
 def install_handlers(app: FastAPI) -> None:
     async def known(request: Request, e: Exception) -> JSONResponse:
-        status, body, headers = error_parts(e)
+        status, body, headers = error_parts(e, request.app.state.studio.catalog.redact)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def http(request: Request, e: HTTPException) -> JSONResponse:

@@ -1,13 +1,13 @@
-"""The routes that queue work on the worker: a grid (``/api/sample``), live frames (``/api/stream``), an edit
-with live frames (``/api/edit/stream``) and a comparison of settings (``/api/compare``). Every value is checked
-before the job is queued (422 with the library's message). The streams report their errors as an ``error``
-event instead of an HTTP status, since a browser's ``EventSource`` cannot read the body of a failed response.
+"""The routes that queue work on the worker, all ``POST`` with a JSON body (a ``GET`` never starts work): a grid
+(``/api/sample``), live frames (``/api/stream``), an edit with live frames (``/api/edit/stream``) and a comparison
+of settings (``/api/compare``, with progress events when asked for ``text/event-stream``). Every value is checked
+before the job is queued: a refusal is a JSON error with its status (422 with the library's message, 404, 429);
+once queued, a stream reports what goes wrong as its ``error`` event.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,11 +16,11 @@ from ...errors import UsageError
 from ...sampling import card
 from ..catalog import ModelEntry
 from ..work.edits import MAX_EDIT_BODY, checked_edit, parse_edit
-from ..work.jobs import Job, QueueFull
+from ..work.jobs import Job
 from ..work.params import SampleParams, parse, resolve, settings
-from .apidocs import EXAMPLE, body_docs, query_docs
+from .apidocs import EXAMPLE, body_docs
 from .intake import StudioDep, read_json
-from .responses import error_parts, events, single_event, sse_response
+from .responses import events, sse_response
 
 router = APIRouter()
 
@@ -41,22 +41,12 @@ async def sample(request: Request, s: StudioDep):
                     headers={"X-Job": job.id, "X-Seconds": str(data["seconds"]), "X-NFE": str(data["nfe"])})
 
 
-@router.get("/api/stream", summary="sample with live frames (Server-Sent Events: queued, frame…, done | error)",
-            openapi_extra=query_docs())
+@router.post("/api/stream", summary="sample with live frames (Server-Sent Events: queued, loading, frame…, "
+                                     "done | error)", openapi_extra=body_docs(EXAMPLE))
 async def stream(request: Request, s: StudioDep):
-    try:
-        raw: dict[str, Any] = {}
-        for key, value in request.query_params.multi_items():
-            if key == "context":
-                raw.setdefault(key, []).append(value)
-            else:
-                raw[key] = value
-        p = parse(raw, from_query=True)
-        job = Job("stream", p, s.checked(p))
-        position = s.jobs.submit(job)
-    except (UsageError, QueueFull) as e:
-        status, body, _ = error_parts(e)
-        return sse_response(single_event("error", {**body, "status": status}))
+    p = parse(await read_json(request))
+    job = Job("stream", p, s.checked(p))
+    position = s.jobs.submit(job)  # QueueFull: 429 JSON, like the other POSTs
     return sse_response(events(request, s.jobs, job, position))
 
 
@@ -73,7 +63,8 @@ async def edit_stream(request: Request, s: StudioDep):
     return sse_response(events(request, s.jobs, job, position))
 
 
-@router.post("/api/compare", summary="the same seeds through 2–4 SAMPLER:STEPS settings",
+@router.post("/api/compare", summary="the same seeds through 2–4 SAMPLER:STEPS settings (JSON, or with Accept: "
+                                      "text/event-stream: queued, loading, progress…, done | error)",
              openapi_extra=body_docs({**EXAMPLE, "settings": ["ddpm:500", "dpmpp_2m:10"]}))
 async def compare(request: Request, s: StudioDep):
     raw = await read_json(request)
@@ -83,7 +74,9 @@ async def compare(request: Request, s: StudioDep):
     chosen = settings(raw.get("settings") if isinstance(raw, dict) else None, T)
     _student_settings(entry, p, chosen)
     job = Job("compare", p, entry, settings=chosen)
-    s.jobs.submit(job)
+    position = s.jobs.submit(job)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return sse_response(events(request, s.jobs, job, position))
     event, data = await job.outcome(request, lambda: s.jobs.cancel(job.id))
     if event == "error":
         return JSONResponse({"error": data["error"]}, status_code=data.get("status", 500))

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from ... import checks
-from ...core.edit import check_strength, repaint_nfe, tail_length
+from ...core.edit import check_keeps_input, check_strength, repaint_nfe, tail_length
 from ...errors import UsageError, bad_value
+from ...sampling.card import check_inpaintable
 from ...sampling.edit_plans import plan_img2img, plan_inpaint, run_edit
 from ...sampling.outputs import context_arrays
 from ...store.imagefile import BadImageFile, read_image
@@ -116,13 +117,13 @@ def checked_edit(raw: Any, entry) -> EditParams:
     strength = extra["strength"]
     if strength is None:
         strength = 1.0 if keep is not None else 0.6
-    if keep is not None and entry.config.get("distilled"):  # RePaint walks DDPM steps: not what a student learnt
-        d = entry.config["distilled"]
-        raise bad_value("mask", "a mask (inpainting: RePaint over DDPM steps)",
-                        f"no mask with this model: it is a student distilled for the {d['sampler']} sampler only; "
-                        f"omit the mask (img2img), or inpaint with its teacher")
+    if keep is not None:
+        check_inpaintable(entry.config.get("distilled"))  # RePaint walks DDPM steps: not what a student learnt
     if keep is not None and p.sampler not in (None, "ddpm"):  # inpainting is RePaint over DDPM steps
         p = replace(p, sampler="ddpm", eta=None)
+    steps = resolve(p, entry.config)[1] or 1
+    if keep is None:
+        check_keeps_input(strength, steps)  # plan_img2img's rule, before queueing
     return EditParams(p, picture, keep, strength)
 
 

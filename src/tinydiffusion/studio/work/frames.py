@@ -37,12 +37,14 @@ def rows(pipe, p: SampleParams) -> tuple[list[str], torch.Tensor | None]:
 class Frames:
     """The sampler callback ``(i, t, x_t, x0_hat)`` of a job: stops a cancelled job, counts network evaluations,
     records ``x_t`` for the GIF (``keep``) and, for a ``stream``, sends at most ``MAX_GIF_FRAMES`` frames: every
-    ``stride``-th step and always the last. ``renumber``: steps are numbered by call, since an edit's RePaint
+    ``stride``-th step and always the last. ``progress`` (compare) sends the same steps as ``progress`` events
+    without pictures, with these fields added. ``renumber``: steps are numbered by call, since an edit's RePaint
     walks back and forth on the time grid."""
 
     def __init__(self, job: Job, steps: int | None, ncol: int, *, stream: bool, keep: bool = True,
-                 renumber: bool = False):
+                 renumber: bool = False, progress: dict | None = None):
         self.job, self.steps, self.ncol, self.stream, self.renumber = job, steps, ncol, stream, renumber
+        self.progress = progress
         self.stride = max(1, -(-(steps or 1) // MAX_GIF_FRAMES))
         self.recorder = Recorder() if keep else None
         if self.recorder is not None:
@@ -79,10 +81,12 @@ class Frames:
         if self.recorder is not None:
             self.recorder(i, t, x_t, x0_hat)
         last = self.steps is not None and i == self.steps - 1
-        if not self.stream or (i % self.stride and not last):
+        if not (self.stream or self.progress is not None) or (i % self.stride and not last):
             return
-        self.job.emit("frame", {
-            "job": self.job.id, "step": i + 1, "steps": self.steps, "t": int(t), "nfe": self.evaluations,
-            "elapsed_ms": round(1000 * (time.perf_counter() - self.t0)),
-            "x_t": encode.data_url(encode.png(to_uint8(x_t), self.ncol, fast=True)),
-            "x0": encode.data_url(encode.png(to_uint8(x0_hat), self.ncol, fast=True))})
+        step = {"job": self.job.id, "step": i + 1, "steps": self.steps, "t": int(t), "nfe": self.evaluations,
+                "elapsed_ms": round(1000 * (time.perf_counter() - self.t0))}
+        if self.progress is not None:
+            self.job.emit("progress", {**step, **self.progress})
+            return
+        self.job.emit("frame", {**step, "x_t": encode.data_url(encode.png(to_uint8(x_t), self.ncol, fast=True)),
+                                "x0": encode.data_url(encode.png(to_uint8(x0_hat), self.ncol, fast=True))})

@@ -1,6 +1,7 @@
 """The CPU work goes through one bounded queue with one worker thread (per device): requests wait their
 turn or are told 429 with ``Retry-After``; a cancelled job stops at its next sampler step; the results of
-the last finished jobs stay in memory for download.
+the last finished jobs stay in memory for download. Job ids are random (``secrets``): a job's state, its
+cancel and its downloads are reachable only by whoever was told its id.
 
 A job talks to the request that made it through an ``asyncio.Queue`` on that request's event loop (filled
 with ``call_soon_threadsafe`` from the worker), so a waiting client costs no thread.
@@ -9,9 +10,9 @@ with ``call_soon_threadsafe`` from the worker), so a waiting client costs no thr
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -27,6 +28,11 @@ log = logging.getLogger("tinydiffusion.studio")
 KEEP_JOBS = 32  # finished jobs whose results can be downloaded
 KEEP_BYTES = 256 * 2**20  # and at most this much memory for them (the oldest go first)
 INTERNAL = "internal error (see the server log)"
+
+
+def new_id() -> str:
+    """A job id no other page can guess: ``j`` and 96 random bits (URL-safe)."""
+    return "j" + secrets.token_urlsafe(12)
 
 
 class QueueFull(Exception):
@@ -117,13 +123,13 @@ class JobQueue:
     """A bounded FIFO of jobs and the worker thread that runs them in turn with ``work(job) -> done event``."""
 
     def __init__(self, work: Callable[[Job], dict], maxsize: int = 8, keep: int = KEEP_JOBS,
-                 keep_bytes: int = KEEP_BYTES, name: str = "cpu"):
+                 keep_bytes: int = KEEP_BYTES, name: str = "cpu", redact: Callable[[str], str] = str):
         self.work, self.maxsize, self.keep, self.keep_bytes, self.name = work, maxsize, keep, keep_bytes, name
+        self.redact = redact  # an error message as a client may see it (no server paths)
         self._waiting: deque[Job] = deque()
         self._active: dict[str, Job] = {}
         self._done: OrderedDict[str, Job] = OrderedDict()
         self._cond = threading.Condition()
-        self._ids = itertools.count(1)
         self._average_s = 2.0  # moving average of a job's duration, for Retry-After
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -138,7 +144,7 @@ class JobQueue:
                 wait = self.retry_after()
                 raise QueueFull(f"the work queue is full ({self.maxsize} jobs waiting); try again in about {wait} s",
                                 wait)
-            job.id = f"j{next(self._ids)}"
+            job.id = new_id()
             self._waiting.append(job)
             self._active[job.id] = job
             ahead = len(self._waiting) - 1 + (self.current is not None)
@@ -213,7 +219,8 @@ class JobQueue:
                                            "status": 409})
         except UsageError as e:  # a value only the loaded model could check (a prompt, the text encoder)
             log.info("job %s refused: %s", job.id, e)
-            return "error", ("error", {"job": job.id, "error": str(e), "status": 404 if isinstance(e, NotFound) else 422})
+            return "error", ("error", {"job": job.id, "error": self.redact(str(e)),
+                                       "status": 404 if isinstance(e, NotFound) else 422})
         except Exception:
             log.exception("job %s (%s) failed", job.id, job.kind)
             return "error", ("error", {"job": job.id, "error": INTERNAL, "status": 500})

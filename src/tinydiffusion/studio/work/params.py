@@ -1,4 +1,4 @@
-"""The sampling parameters of a request (JSON body or query string), checked like the CLI before any work.
+"""The sampling parameters of a request (a JSON body), checked like the CLI before any work.
 
 ``parse`` checks what needs no model (types, ranges, the sampler and its options) with the library's own
 checks, so the messages are the CLI's; ``for_model`` then checks what needs the listed model's config
@@ -9,7 +9,6 @@ the worker, with the same messages.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
@@ -26,7 +25,6 @@ MAX_PROMPT = 200  # characters of one context string or prompt
 MAX_SETTINGS = 4  # compare: 2..4 settings
 DEFAULT_N = 4
 KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n")
-_INT = re.compile(r"[+-]?\d{1,25}")
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,8 @@ class SampleParams:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str, ...] = ()) -> SampleParams:
-    """``SampleParams`` from a JSON object (or query parameters, all strings, when ``from_query``).
+def parse(raw: Mapping[str, Any], *, allow: tuple[str, ...] = ()) -> SampleParams:
+    """``SampleParams`` from a JSON object.
 
     ``allow`` names extra keys the caller handles itself (compare's ``settings``); any other key is refused."""
     if not isinstance(raw, Mapping):
@@ -60,8 +58,7 @@ def parse(raw: Mapping[str, Any], *, from_query: bool = False, allow: tuple[str,
     unknown = [k for k in raw if k not in KEYS and k not in allow]
     if unknown:
         raise UsageError(f"unknown parameter {str(unknown[0])[:40]!r}; known: {', '.join(KEYS + allow)}")
-    get = (lambda k: _from_text(k, raw.get(k))) if from_query else raw.get
-    values = {k: get(k) for k in KEYS if get(k) is not None}
+    values = {k: raw[k] for k in KEYS if raw.get(k) is not None}
     if "model" not in values:
         raise bad_value("model", None, "the name of a listed model (GET /api/models)")
     model = values["model"]
@@ -158,23 +155,6 @@ def _text(name: str, value: Any) -> str:
         raise bad_value(name, _short(value), "a string")
     if len(value) > MAX_PROMPT:
         raise bad_value(name, value[:40] + "…", f"at most {MAX_PROMPT} characters (this one has {len(value)})")
-    return value
-
-
-def _from_text(key: str, value: Any) -> Any:
-    """Query values are strings: numbers become numbers where they parse (else the checks refuse the text);
-    an empty value counts as not given."""
-    if isinstance(value, list):
-        return [v for v in value if v != ""] or None
-    if value is None or value == "":
-        return None
-    if key in ("steps", "seed", "n"):
-        return int(value) if _INT.fullmatch(value) else value
-    if key in ("mix", "guidance", "guidance_rescale", "eta"):
-        try:
-            return float(value)
-        except ValueError:
-            return value
     return value
 
 

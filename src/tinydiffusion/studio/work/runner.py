@@ -2,7 +2,9 @@
 (``edits.run``); and the cache of loaded pipelines.
 
 Every value goes through ``Pipeline.plan``, so what the studio refuses the library refuses, with the same
-messages. Frames come from the sampler's ``callback(i, t, x_t, x0_hat)``, which also stops a cancelled job.
+messages. Frames come from the sampler's ``callback(i, t, x_t, x0_hat)``, which also stops a cancelled job. A
+job that must first load its model (or, for prompts, the text encoder: seconds) says so with a ``loading``
+event before its first frame.
 """
 
 from __future__ import annotations
@@ -28,14 +30,27 @@ from .params import MAX_IMAGES, SampleParams, resolve, sampler_options
 class Runner:
     def __init__(self, pipelines: Any):
         self.pipelines = pipelines
+        self.encoders: set[str] = set()  # text encoders a job has loaded (they stay loaded: get_encoder caches)
 
     def __call__(self, job: Job) -> dict[str, Any]:
         """The ``done`` event's data; the downloads go into ``job.result``."""
+        for what in self.loading(job.entry):
+            job.emit("loading", {"job": job.id, "what": what, "model": job.entry.name})
         pipe = self.pipelines.get(job.entry)
         job.check()
         if job.kind == "edit":
             return edits.run(job, pipe)
         return self.compare(job, pipe) if job.kind == "compare" else self.sample(job, pipe)
+
+    def loading(self, entry) -> list[str]:
+        """What a job on ``entry`` loads first: ``"model"`` (not in the cache), ``"text encoder"`` (prompts)."""
+        out = [] if self.pipelines.has(entry) else ["model"]
+        encoder = str(((entry.config or {}).get("context") or {}).get("encoder") or "")
+        if (entry.config.get("context") or {}).get("kind") == "text" and not encoder.startswith("hash") and \
+                encoder not in self.encoders:
+            self.encoders.add(encoder)
+            out.append("text encoder")
+        return out
 
     def sample(self, job: Job, pipe) -> dict[str, Any]:
         p: SampleParams = job.params
@@ -65,11 +80,12 @@ class Runner:
         names, context = rows(pipe, p)
         _, _, guidance = resolve(p, pipe.config)
         out = []
-        for sampler, steps in job.settings:
+        for k, (sampler, steps) in enumerate(job.settings):
             options = {"eta": p.eta} if sampler == "ddim" and p.eta is not None else {}
             plan = pipe.plan(context, n=p.n, seed=p.seed, sampler=sampler, steps=steps, batch_size=MAX_IMAGES,
                              guidance=guidance, guidance_rescale=p.guidance_rescale, **options)
-            counter = Frames(job, steps, p.n, stream=False, keep=False)
+            counter = Frames(job, steps, p.n, stream=False, keep=False,
+                             progress={"setting": k, "settings": len(job.settings)})
             x, seconds = counter.run(partial(pipe.run, plan), plan)
             out.append({"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
                         "seconds": round(seconds, 3), "nfe": counter.evaluations,
@@ -85,13 +101,25 @@ class Pipelines:
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
+    def has(self, entry) -> bool:
+        """Whether ``entry``'s pipeline is loaded (a missing model counts as loaded: ``get`` says what is wrong)."""
+        try:
+            key = self._key(entry)
+        except NotFound:
+            return True
+        with self._lock:
+            return key in self._cache
+
+    def _key(self, entry) -> tuple:
+        try:
+            return entry.name, str(entry.path), os.stat(entry.path / "model.safetensors").st_mtime_ns
+        except OSError:
+            raise NotFound(f"model={entry.name!r} is no longer there (its folder was moved or deleted)") from None
+
     def get(self, entry):
         if not entry.available:
             raise UsageError(f"model={entry.name!r} is not available here: {entry.reason}")
-        try:
-            key = (entry.name, str(entry.path), os.stat(entry.path / "model.safetensors").st_mtime_ns)
-        except OSError:
-            raise NotFound(f"model={entry.name!r} is no longer there (its folder was moved or deleted)") from None
+        key = self._key(entry)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
