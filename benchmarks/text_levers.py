@@ -20,9 +20,10 @@ from pathlib import Path
 
 TRAINING = {  # name -> extra train flags (beyond the shared recipe)
     "pooled vector, one caption per emoji (the course's design)": ["--no-caption-alternatives"],
-    "pooled vector, alternative captions": [],
-    "tokens + cross-attention, alternative captions": ["--text-tokens", "8"],
-    "pooled vector, alternative captions, condition dropout 0.2": ["--p-uncond", "0.2"],
+    "pooled vector, alternative captions": ["--caption-alternatives"],
+    "tokens + cross-attention, alternative captions": ["--caption-alternatives", "--text-tokens", "8"],
+    "pooled vector, alternative captions, condition dropout 0.2": ["--caption-alternatives", "--p-uncond", "0.2"],
+    "tokens + cross-attention, one caption per emoji": ["--no-caption-alternatives", "--text-tokens", "8"],
 }
 SAMPLING = {  # name -> extra eval flags, on the model of the second training lever
     "guidance 2": ["--guidance", "2"], "guidance 5": ["--guidance", "5"],

@@ -108,7 +108,7 @@ def test_schema_tables_match_the_code():
     assert set(modelfile.CONTEXT) == {f.name for f in fields(ContextSpec)}
 
 
-@pytest.mark.parametrize("folder", ["models/sprites", "models/emoji", "evaluators/sprites"])
+@pytest.mark.parametrize("folder", ["models/sprites", "models/emoji", "evaluators/sprites", "evaluators/emoji"])
 def test_shipped_configs_pass_the_schema(folder):
     from importlib import resources
 

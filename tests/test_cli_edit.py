@@ -70,6 +70,18 @@ def test_inpaint_npz_keeps_the_white_part_exactly(trained):
     assert meta["resample"] == 2 and meta["nfe"] == 2 * (4 + 1 * 2 * 1) and meta["strength"] == 1.0
 
 
+def test_inpaint_with_ddim_writes_its_output_and_says_ddim(trained, capsys):
+    out = trained / "ddim.npz"
+    assert _edit(trained, "--mask", str(trained / "mask.png"), "--context", "square", "--n", "2", "--sampler", "ddim",
+                 "--eta", "0.5", "--resample", "2", "--jump-length", "2", "--out", str(out)) == 0
+    assert "2 images inpainted (RePaint, 4 ddim steps, resample 2" in capsys.readouterr().out
+    d = np.load(out)
+    keep = d["mask"] == 255
+    assert d["images"].shape == (2, 8, 8, 3) and (d["images"][:, keep] == d["inputs"][0][keep]).all()
+    meta = json.loads(str(d["metadata"]))
+    assert meta["sampler"] == "ddim" and meta["eta"] == 0.5 and meta["steps"] == 4 and meta["nfe"] == 2 * (4 + 2)
+
+
 def test_edit_folder_and_interpolation_strip(trained, capsys):
     folder = trained / "edits"
     assert _edit(trained, "--context", "vbar", "--n", "2", "--mask", str(trained / "mask.png"), "--out",
@@ -97,7 +109,8 @@ def test_edit_folder_and_interpolation_strip(trained, capsys):
     (["--mask", "{root}/white.png"], "keeps every pixel"),
     (["--mask", "{root}/black.png"], "generates every pixel"),
     (["--mask", "{root}/text.png"], "mask: image file"),
-    (["--mask", "{root}/mask.png", "--sampler", "ddim"], "sampler='ddim'"),
+    (["--mask", "{root}/mask.png", "--sampler", "dpmpp_2m"], "sampler='dpmpp_2m'"),
+    (["--mask", "{root}/mask.png", "--sampler", "ddim", "--variance", "small"], "variance='small' is not an option"),
     (["--mask", "{root}/mask.png", "--resample", "3", "--jump-length", "4"], "jump_length=4"),
     (["--resample", "0"], "resample=0"),
     (["--context", "dragon"], "known classes: square, hbar, vbar"),

@@ -295,8 +295,8 @@ def test_pipeline_inpaint_keeps_pixels_and_refuses_bad_masks(pipe):
                          (torch.ones(4, 4), "mask")):
         with pytest.raises(UsageError, match=message):
             pipe.inpaint(x, bad, "b", steps=10)
-    with pytest.raises(UsageError, match="sampler='ddim'"):
-        pipe.inpaint(x, mask, "b", steps=10, sampler="ddim")
+    with pytest.raises(UsageError, match="sampler='dpmpp_2m'"):
+        pipe.inpaint(x, mask, "b", steps=10, sampler="dpmpp_2m")
     with pytest.raises(UsageError, match="eta"):
         pipe.inpaint(x, mask, "b", steps=10, eta=0.5)
 

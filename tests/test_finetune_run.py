@@ -269,3 +269,21 @@ def test_adapters_compose_with_weights(base, tmp_path):
         compose([(one, 1.0), (lora_one, 1.0)], tmp_path / "clash")
     with pytest.raises(UsageError, match="not an adapter"):
         compose([(one, 1.0), (base, 1.0)], tmp_path / "plain")
+
+
+def test_compose_command_writes_a_model_that_samples_both_classes(base, tmp_path, capsys):
+    one = finetune(_config(base, tmp_path / "one", method="column", steps=3)).model_dir
+    two = finetune(_config(base, tmp_path / "two", method="column", steps=3, name="other", seed=1)).model_dir
+    out = tmp_path / "both"
+    assert main(["compose", str(one), f"{two}=0.5", "--out", str(out)]) == 0
+    assert load(out).context.names[-2:] == ("diag", "other")
+    assert main(["sample", str(out), "--context", "diag=1,other=0.5", "--n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "mix.png")]) == 0
+    assert (tmp_path / "mix.png").is_file()
+    capsys.readouterr()
+    assert main(["compose", f"{one}=heavy", "--out", str(tmp_path / "bad")]) == 2
+    assert "adapter weight 'heavy'" in capsys.readouterr().err
+    assert main(["compose", str(one), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["compose", str(base), "--out", str(tmp_path / "plain")]) == 2
+    assert "not an adapter" in capsys.readouterr().err

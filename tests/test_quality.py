@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -50,6 +51,20 @@ def test_shipped_sprite_evaluator_matches_its_recorded_held_out_accuracy():
     acc = float((logits.argmax(1).numpy() == d.labels[test_idx]).mean())
     assert acc == pytest.approx(ev.accuracy[f"{cfg['size']}px"], abs=1e-9)
     assert acc >= 0.90  # the shipped ensemble reaches 90.6 %; a weaker one must not ship
+
+
+def test_shipped_emoji_evaluator_matches_its_recorded_accuracy_on_the_data_sets_own_held_out_part():
+    from tinydiffusion.quality.featurenet import holdout_split
+
+    ev = load_evaluator("emoji")
+    cfg = ev.config["training"]
+    d = load_dataset("emoji", size=cfg["size"])
+    train_idx, test_idx = holdout_split(d, cfg["holdout"], cfg["seed"])
+    assert np.array_equal(test_idx, np.flatnonzero(d.split == 1))  # the captions no model trains on
+    _, logits = ev.run(make_batch(as_tensor(d.images), torch.from_numpy(test_idx)))
+    acc = float((logits.argmax(1).numpy() == d.labels[test_idx]).mean())
+    assert acc == pytest.approx(ev.accuracy[f"{cfg['size']}px"], abs=1e-9)
+    assert acc > 0.5  # 8 broad categories: 62.0 % shipped; chance is 1/8
 
 
 def test_evaluator_validation_benchmark_keeps_the_test_images_out(tiny):

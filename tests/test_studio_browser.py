@@ -461,11 +461,11 @@ def test_phone_layout_fits_and_the_controls_scroll_away(phone):
     from playwright.sync_api import expect
 
     _select_tiny(phone)
-    for tab in ("generate", "edit", "compare", "training"):
+    for tab in ("generate", "edit", "compare", "training", "teach"):
         phone.get_by_test_id(f"tab-{tab}").click()
         phone.wait_for_timeout(200)
         assert phone.evaluate("document.documentElement.scrollWidth") <= 400, tab
-        for other in ("generate", "edit", "compare", "training"):
+        for other in ("generate", "edit", "compare", "training", "teach"):
             box = phone.get_by_test_id(f"tab-{other}").bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= 400, (tab, other, box)
         phone.screenshot(path=str(phone.shots / f"phone-tab-{tab}.png"), full_page=True)
@@ -492,7 +492,7 @@ def test_generate_acts_on_its_own_tab_and_compare_has_progress_and_cancel(page, 
     from playwright.sync_api import expect
 
     _select_tiny(page)
-    for tab in ("edit", "compare", "training"):
+    for tab in ("edit", "compare", "training", "teach"):
         page.get_by_test_id(f"tab-{tab}").click()
         expect(page.get_by_test_id("generate")).to_be_hidden()
     page.get_by_test_id("tab-compare").click()
@@ -701,7 +701,7 @@ def test_keyboard_and_screen_reader(page):
     assert page.evaluate("document.activeElement.id") == "generate"  # not lost to <body>
     expect(page.get_by_test_id("announce")).to_contain_text("Done in")
     # tabs: aria-controls / tabpanel / aria-labelledby, one Tab stop, arrow keys
-    for tab in ("generate", "edit", "compare", "training"):
+    for tab in ("generate", "edit", "compare", "training", "teach"):
         t = page.get_by_test_id(f"tab-{tab}")
         assert t.get_attribute("aria-controls") == f"panel-{tab}"
         panel = page.locator(f"#panel-{tab}")

@@ -12,7 +12,10 @@ DETERMINISTIC_SAMPLERS = ("ddim", "dpmpp_2m", "euler")  # no noise on the way (i
 DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp_2m": 20, "euler": 50, "consistency": 4}
 SPACINGS = ("trailing", "leading", "linspace")  # time grids (core.schedule.Schedule.timesteps)
 VARIANCES = ("large", "small")  # DDPM's sigma²: beta_t or the posterior's beta~_t
-INPAINT_STEPS = 50  # RePaint's DDPM steps when none are given (a card's steps are tuned for its own sampler)
+INPAINT_SAMPLERS = ("ddpm", "ddim")  # RePaint's one-step updates (ddpm is the default)
+# RePaint's steps per sampler when none are given (a card's steps are tuned for its own sampler and guidance;
+# these from benchmarks/inpaint_samplers.py)
+INPAINT_STEPS: dict[str, int] = {"ddpm": 50, "ddim": 20}
 IMG2IMG_STRENGTH = 0.6  # img2img's default strength (inpainting's is 1: the masked region from pure noise)
 UNGUIDED = 1.0  # the guidance scale that is no guidance: the conditional model itself
 MAX_GUIDANCE = 100.0  # far beyond any useful scale (2-7); above it samples are saturated noise
@@ -36,6 +39,7 @@ BACKENDS = ("auto", "torch", "onnx")  # what runs a loaded network; auto: onnxru
 EXPORT_FORMATS = ("onnx", "web")  # tinydiffusion export --format
 DISTILL_METHODS = ("progressive", "consistency")
 FINETUNE_METHODS = ("lora", "column", "full")  # finetune: LoRA + new column, the new column only, every weight
+FINETUNE_MINUTES = 3.5  # a fine-tune's default budget: with its report, the shipped sprites learn a class in 5 minutes
 ADAPTER_METHODS = ("lora", "column")  # the methods whose export is an adapter (a base model + small deltas)
 
 # ---------------------------------------------------------------------- contexts

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from ..vocab import FINETUNE_METHODS, PRECISIONS
+from ..vocab import FINETUNE_METHODS, FINETUNE_MINUTES, PRECISIONS
 from .types import DEVICE_HELP, EXIT_INTERRUPTED, finite_float, given
 
 
@@ -32,7 +32,7 @@ def add_finetune(commands) -> None:
                    help="lora (default: a new context column and rank-4 LoRA on every convolution and linear layer), "
                         "column (the new column only: cannot forget) or full (every weight)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--minutes", type=finite_float, help="wall-clock minutes of training (default 4)")
+    g.add_argument("--minutes", type=finite_float, help=f"wall-clock minutes of training (default {FINETUNE_MINUTES:g})")
     g.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--replay", type=finite_float, help="share of each batch replayed from the model's training data "
                                                        "(default 0.5; 0 for --method column)")
@@ -56,6 +56,15 @@ def add_finetune(commands) -> None:
     p.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start anew")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(handler=_finetune)
+    c = commands.add_parser("compose", help="use several fine-tunes of one base together, each with a weight",
+                            description="Write one adapter folder OUT from adapter folders made on the same base "
+                                        "(finetune --method lora or column): their new classes side by side and "
+                                        "their LoRA updates summed, each scaled by its weight. OUT loads and samples "
+                                        "like any model; docs/finetune.md says how well it works.")
+    c.add_argument("adapters", nargs="+", metavar="ADAPTER[=WEIGHT]",
+                   help="a fine-tune's model folder (RUN/model), optionally =WEIGHT (default 1; at most 100 in size)")
+    c.add_argument("--out", required=True, help="the composed model folder (must not exist)")
+    c.set_defaults(handler=_compose)
 
 
 def _finetune(args) -> int:
@@ -79,4 +88,27 @@ def _finetune(args) -> int:
         print(f"  report:   {result.out / 'report.md'}")
         for line in lines(result.report):
             print(f"  {line}")
+    return 0
+
+
+def _compose(args) -> int:
+    import argparse
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..models.adapter_file import compose
+    from ..sampling.pipeline import resolve_model
+
+    pairs = []
+    for item in args.adapters:
+        folder, _, weight = item.rpartition("=") if "=" in item else (item, "", "1")
+        try:
+            pairs.append((resolve_model(folder), finite_float(weight)))
+        except argparse.ArgumentTypeError:
+            raise UsageError(f"adapter weight {weight!r} in {item!r} is not allowed: expected ADAPTER=NUMBER, "
+                             f"e.g. runs/finetune/model=0.5") from None
+    if Path(args.out).exists():
+        raise UsageError(f"--out {args.out} exists; expected a new folder for the composed model")
+    out = compose(pairs, args.out)
+    print(f"composed {len(pairs)} adapters into {out}   (sample it: tinydiffusion sample {out})")
     return 0

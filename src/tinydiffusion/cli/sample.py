@@ -108,11 +108,11 @@ def add_edit(commands) -> None:
                    help="in (0, 1]: the share of the sampler's steps run again from the noised input; 1 ignores "
                         "the input (default 0.6; with --mask 1)")
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the model card's (e.g. dpmpp_2m); inpainting "
-                                                       "takes ddpm only")
+                                                       "takes ddpm (default) or ddim")
     p.add_argument("--steps", type=int, help="steps of the whole grid, of which --strength runs the tail (default: "
-                                             "the model card's; inpainting 50)")
+                                             "the model card's; inpainting 50 with ddpm, 20 with ddim)")
     p.add_argument("--eta", type=finite_float, help="ddim noise, 0 (default) to 1")
-    p.add_argument("--variance", choices=VARIANCES, help="ddpm/inpainting noise level (default large)")
+    p.add_argument("--variance", choices=VARIANCES, help="ddpm noise level, inpainting over ddpm too (default large)")
     p.add_argument("--spacing", choices=SPACINGS, help="time grid (default trailing)")
     _guidance(p, "1 = none; default: the model card's")
     p.add_argument("--resample", type=int, help="inpainting: RePaint's resampling r, each jump back repeated r-1 "
@@ -132,7 +132,7 @@ def _edit(args) -> int:
 
     r = edit_to_files(EditConfig(**_tuples(given(args, EditConfig), "contexts")))
     s = r.settings
-    what = (f"inpainted (RePaint, {s['steps']} ddpm steps, resample {s['resample']}, jump length "
+    what = (f"inpainted (RePaint, {s['steps']} {s['sampler']} steps, resample {s['resample']}, jump length "
             f"{s['jump_length']})" if "resample" in s else f"edited with {s['sampler']} at strength "
                                                            f"{s['strength']:g} of {s['steps']} steps")
     print(f"{r.count} images {what}, guidance {s['guidance']:g}: {s['nfe']} network evaluations each, "

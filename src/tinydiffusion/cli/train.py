@@ -46,8 +46,10 @@ def _data_options(g) -> None:
                    help="for --context text: also condition on the caption's first L token states through "
                         "cross-attention (e.g. 8); 0 (default): the pooled sentence vector only, the course's design")
     g.add_argument("--context-file", help="for --context vector: an .npy array [N, D], one row per image")
-    g.add_argument("--no-caption-alternatives", dest="caption_alternatives", action="store_false", default=None,
-                   help="--context text: always each image's first caption, not one of its alternatives per step")
+    g.add_argument("--caption-alternatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="--context text: draw one of each image's alternative captions per step (emoji: names, "
+                        "CLDR keywords); default off: it lowered prompt following at the budgets measured "
+                        "(docs/text.md)")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no horizontal flips")
     g.add_argument("--no-balance", dest="balance", action="store_false", default=None,
                    help="draw images uniformly instead of equally per class")

@@ -27,8 +27,8 @@ import torch
 
 from .. import checks
 from ..errors import bad_value
-from ..vocab import MAX_T, VARIANCES
-from .samplers import SAMPLERS, Callback, Generator, grid, noise_like, posterior, predict
+from ..vocab import INPAINT_SAMPLERS, MAX_T, VARIANCES
+from .samplers import SAMPLERS, Callback, Generator, ddim_step, grid, noise_like, posterior, predict
 from .schedule import Schedule
 
 
@@ -103,19 +103,31 @@ def repaint_nfe(levels: int, jump_length: int, resample: int) -> int:
     return levels + (resample - 1) * jump_length * len(range(0, levels - jump_length, jump_length))
 
 
+def check_inpaint_sampler(sampler: str) -> str:
+    """RePaint's sampler: a one-step update (``vocab.INPAINT_SAMPLERS``), else refused with the reason."""
+    if sampler not in INPAINT_SAMPLERS:
+        raise bad_value("sampler", getattr(sampler, "__name__", sampler),
+                        "ddpm or ddim: RePaint pastes the known pixels into x_t after every step, which a one-step "
+                        "update takes as it comes but which breaks the history of past predictions a multistep "
+                        "solver (dpmpp_2m) extrapolates from; euler is ddim with eta 0 (take ddim), consistency is a "
+                        "distilled student's")
+    return sampler
+
+
 @torch.no_grad()
 def inpaint(model, schedule: Schedule, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None,
-            *, steps: int | None = None, spacing: str = "trailing", jump_length: int = 10, resample: int = 1,
-            strength: float = 1.0, variance: str = "large", clip_x0: bool = False, generator: Generator = None,
-            noise: torch.Tensor | None = None, callback: Callback | None = None) -> torch.Tensor:
-    """RePaint (Lugmayr et al. 2022, Alg. 1) over DDPM ancestral steps on the ``steps``-step grid (default:
-    all ``T``): ``mask`` (broadcastable to ``x0``; true or 1 = keep, 0 = generate) keeps the input's pixels,
-    bit for bit in the result. ``strength < 1`` starts from the noised input as in ``img2img``."""
-    if variance not in VARIANCES:
-        raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
+            *, sampler: str = "ddpm", steps: int | None = None, spacing: str = "trailing", jump_length: int = 10,
+            resample: int = 1, strength: float = 1.0, variance: str | None = None, eta: float | None = None,
+            clip_x0: bool = False, generator: Generator = None, noise: torch.Tensor | None = None,
+            callback: Callback | None = None) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, Alg. 1) over ``sampler``'s steps on its ``steps``-step grid: ``ddpm`` ancestral
+    steps (``variance``, default large; default grid all ``T``) or ``ddim`` steps (Song et al. 2021, eq. 12 with
+    ``eta``, default 0; default grid 50). ``mask`` (broadcastable to ``x0``; true or 1 = keep, 0 = generate) keeps
+    the input's pixels, bit for bit in the result. ``strength < 1`` starts from the noised input as in ``img2img``."""
+    step = _unknown_step(check_inpaint_sampler(sampler), variance, eta)
     check_resampling(jump_length, resample)
     keep = _keep_mask(mask, x0)  # bool [B, C, H, W]
-    g = grid("ddpm", schedule, steps, spacing)
+    g = grid(sampler, schedule, steps, spacing)
     levels = tail_length(strength, len(g))  # the walk's levels l = levels-1 … 0 are the grid steps g[N-1-l]
     walk = repaint_walk(levels, jump_length, resample)
     if resample > 1 and len(walk) == levels + 1:
@@ -131,20 +143,44 @@ def inpaint(model, schedule: Schedule, x0: torch.Tensor, mask: torch.Tensor, con
             beta = 1.0 - schedule.ab(t_next) / schedule.ab(t)  # the beta of the jump over the skipped steps
             x = math.sqrt(1 - beta) * x + math.sqrt(beta) * noise_like(x, generator)
             continue
-        _, x0_hat = predict(model, schedule, x, t, context, clip_x0)
+        eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
         i += 1
-        # unknown part: one DDPM step, x_{t-1} ~ N(mu_theta(x_t, t), sigma_t² I) (RePaint eq. 8, second line)
-        x, var = posterior(schedule, x, x0_hat, t, t_next, variance)
+        x = step(schedule, x, eps_hat, x0_hat, t, t_next, generator)  # unknown part (RePaint eq. 8, second line)
         if t_next >= 0:
-            x = x + math.sqrt(var) * noise_like(x, generator)
             # known part: x_{t-1} ~ N(sqrt(ab_{t-1}) x0, (1 - ab_{t-1}) I), the input noised (RePaint eq. 8, first line)
             known = schedule.q_sample(x0, _steps_of(x0, t_next), noise_like(x, generator))
         else:
             known = x0
         x = torch.where(keep, known, x)  # m ⊙ known + (1 - m) ⊙ unknown (RePaint eq. 8, third line)
     return torch.where(keep, x0, x)  # the known pixels exactly (the last step already pasted x0 itself)
+
+
+def _unknown_step(sampler: str, variance: str | None, eta: float | None) -> Callable:
+    """RePaint's step of the unknown part ``(schedule, x_t, eps_hat, x0_hat, t, t_next, generator) -> x_next``:
+    DDPM's ``x_{t-1} ~ N(mu_theta(x_t, t), sigma_t² I)`` (eq. 7) or DDIM's eq. 12; each refuses the other's option."""
+    if sampler == "ddpm":
+        if eta is not None:
+            raise bad_value("eta", eta, "no eta with ddpm (its noise is variance: 'large' or 'small'); eta is ddim's")
+        variance = "large" if variance is None else variance
+        if variance not in VARIANCES:
+            raise bad_value("variance", variance, "'large' (beta_t) or 'small' (posterior beta~_t)")
+
+        def ddpm_step(schedule, x, eps_hat, x0_hat, t, t_next, generator):
+            x, var = posterior(schedule, x, x0_hat, t, t_next, variance)
+            return x + math.sqrt(var) * noise_like(x, generator) if t_next >= 0 else x
+        return ddpm_step
+    if variance is not None:
+        raise bad_value("variance", variance, "no variance with ddim (its noise is eta, 0 to 1; eta 1 is ddpm with "
+                                              "variance 'small')")
+    eta = 0.0 if eta is None else checks.finite("eta", eta, low=0, high=1,
+                                                allowed="a number from 0 (deterministic) to 1 (DDPM-like)")
+
+    def ddim(schedule, x, eps_hat, x0_hat, t, t_next, generator):
+        x, sigma = ddim_step(schedule, x0_hat, eps_hat, t, t_next, eta)
+        return x + sigma * noise_like(x, generator) if sigma > 0 else x
+    return ddim
 
 
 def frame_weights(frames: int) -> list[float]:

@@ -64,10 +64,7 @@ def ddim(model, schedule: Schedule, x_T: torch.Tensor, context: torch.Tensor | N
         eps_hat, x0_hat = predict(model, schedule, x, t, context, clip_x0)
         if callback is not None:
             callback(i, t, x, x0_hat)
-        ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
-        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))  # eq. 16
-        # "predicted x0" + "direction pointing to x_t" + random noise (eq. 12)
-        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps_hat
+        x, sigma = ddim_step(schedule, x0_hat, eps_hat, t, t_prev, eta)
         if sigma > 0:
             x = x + sigma * noise_like(x, generator)
     return x
@@ -206,6 +203,16 @@ def posterior(schedule: Schedule, x: torch.Tensor, x0_hat: torch.Tensor, t: int,
     # posterior mean mu~_t(x_t, x0_hat), eq. 7
     mean = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
     return mean, beta if variance == "large" else (1 - ab_prev) / (1 - ab_t) * beta
+
+
+def ddim_step(schedule: Schedule, x0_hat: torch.Tensor, eps_hat: torch.Tensor, t: int, t_prev: int,
+              eta: float = 0.0) -> tuple[torch.Tensor, float]:
+    """``(x, sigma)`` of DDIM's step ``t -> t_prev`` (Song et al. 2021, eq. 12) before its noise ``sigma·z``, with
+    ``sigma = eta·sqrt(beta~)`` (eq. 16): ``eta = 1`` is DDPM's posterior step with the ``"small"`` variance."""
+    ab_t, ab_prev = schedule.ab(t), schedule.ab(t_prev)
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))  # eq. 16
+    # "predicted x0" + "direction pointing to x_t" (+ the caller's random noise), eq. 12
+    return math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps_hat, sigma
 
 
 def predict(model, schedule: Schedule, x: torch.Tensor, t: int, context: torch.Tensor | None,

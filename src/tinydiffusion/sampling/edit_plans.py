@@ -25,7 +25,9 @@ from .plans import ContextLike, SamplePlan, as_int, batch_bytes, plan, run
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
-INPAINT_OPTIONS = ("spacing", "variance", "clip_x0")  # the sampler options RePaint's DDPM steps take
+INPAINT_OPTIONS = {"ddpm": ("spacing", "variance", "clip_x0"),  # the sampler options RePaint's steps take
+                   "ddim": ("spacing", "eta", "clip_x0")}
+PLAN_OPTIONS = ("guidance_rescale", "guidance_interval", "guide", "batch_size", "precision")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,38 +74,33 @@ def plan_inpaint(pipe: "Pipeline", images: torch.Tensor, mask: torch.Tensor, con
                  strength: float | None = None, n: int = 1, seed: int = 0, sampler: str | None = None,
                  steps: int | None = None, guidance: float | None = None, jump_length: int = 10, resample: int = 1,
                  **kwargs: Any) -> EditPlan:
-    """RePaint: regenerate where ``mask`` is 0 (1 = keep) over ``steps`` DDPM steps (default ``INPAINT_STEPS``),
-    the kept pixels exact; ``strength`` 1 unless given; ``resample > 1`` jumps back ``jump_length`` steps."""
+    """RePaint: regenerate where ``mask`` is 0 (1 = keep) over ``steps`` steps of ``sampler`` (ddpm, the default, or
+    ddim; default steps ``INPAINT_STEPS[sampler]``), the kept pixels exact; ``strength`` 1 unless given;
+    ``resample > 1`` jumps back ``jump_length`` steps."""
     check_inpaintable(pipe.distilled)
     inputs, rows, count = _inputs(pipe, images, context, kwargs)
-    if sampler not in (None, "ddpm"):
-        raise bad_value("sampler", sampler, "ddpm (or none): inpainting runs RePaint over DDPM steps")
-    steps, strength = INPAINT_STEPS if steps is None else steps, 1.0 if strength is None else strength
+    sampler = _inpaint_sampler(sampler, kwargs)
+    steps, strength = INPAINT_STEPS[sampler] if steps is None else steps, 1.0 if strength is None else strength
     guidance = pipe.resolve(None, None, guidance)[2]
-    other = sorted(set(kwargs) - {"guidance_rescale", "guidance_interval", "guide", "batch_size", "precision",
-                                  *INPAINT_OPTIONS})
-    if other:
-        raise UsageError(f"{other[0]}={kwargs[other[0]]!r} is not an option of inpainting; it takes: "
-                         f"{', '.join(INPAINT_OPTIONS)}")
     keep = _mask(mask, inputs, count)  # bool [B', 1, H, W]
     edit.check_resampling(jump_length, resample)
-    job, total, k = _plan(pipe, inputs, rows, count, strength, n, seed, "ddpm", steps, guidance, kwargs)
+    job, total, k = _plan(pipe, inputs, rows, count, strength, n, seed, sampler, steps, guidance, kwargs)
 
     def sampler_for(idx: torch.Tensor) -> Callable:
         row = idx // as_int(n)  # image i edits row i // n
         x0, m = _rows_of(inputs, row), _rows_of(keep, row)  # [b, C, H, W], [b, 1, H, W]
         return lambda model, schedule, x_T, c, *, steps, generator, callback, **kw: edit.inpaint(
-            model, schedule, x0.to(x_T), m.to(x_T.device), c, steps=steps, generator=generator, noise=x_T,
-            callback=callback, jump_length=jump_length, resample=resample, strength=strength, **kw)
+            model, schedule, x0.to(x_T), m.to(x_T.device), c, sampler=sampler, steps=steps, generator=generator,
+            noise=x_T, callback=callback, jump_length=jump_length, resample=resample, strength=strength, **kw)
 
     walked = edit.repaint_nfe(k, jump_length, resample)
     if resample > 1 and walked == k:
         raise bad_value("jump_length", jump_length, f"fewer than the {k} steps walked, so that resample={resample} "
                                                     f"has room to jump back")
-    return _edit_plan(pipe, job, sampler_for, {"sampler": "ddpm", "steps": total, "guidance": float(guidance),
+    return _edit_plan(pipe, job, sampler_for, {"sampler": sampler, "steps": total, "guidance": float(guidance),
                                                 "strength": strength, "jump_length": jump_length,
                                                 "resample": resample},
-                      walked=_repaint_times(_grid(pipe, job, "ddpm"), k, jump_length, resample))
+                      walked=_repaint_times(_grid(pipe, job, sampler), k, jump_length, resample))
 
 
 def plan_interpolate(pipe: "Pipeline", seed_a: int = 0, seed_b: int = 1, *, frames: int = 9,
@@ -154,6 +151,16 @@ def _inputs(pipe: "Pipeline", images: Any, context: ContextLike, kwargs: dict) -
     if "start" in kwargs:
         raise bad_value("start", kwargs["start"], "no start: strength sets where the edit starts")
     return inputs, rows, max(B, K)
+
+
+def _inpaint_sampler(sampler: str | None, kwargs: dict) -> str:
+    """RePaint's sampler (ddpm unless given; else ddim, or refused with the reason), with only its options."""
+    sampler = edit.check_inpaint_sampler("ddpm" if sampler is None else sampler)
+    other = sorted(set(kwargs) - {*PLAN_OPTIONS, *INPAINT_OPTIONS[sampler]})
+    if other:
+        raise UsageError(f"{other[0]}={kwargs[other[0]]!r} is not an option of inpainting with {sampler}; it takes: "
+                         f"{', '.join(INPAINT_OPTIONS[sampler])}")
+    return sampler
 
 
 def _plan(pipe: "Pipeline", inputs: torch.Tensor, rows: torch.Tensor | None, count: int, strength: float, n: int,

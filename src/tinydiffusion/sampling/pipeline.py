@@ -171,14 +171,15 @@ class Pipeline:
         return _images(torch.cat([x for _, x in run_edit(self, job, callback=callback)]), raw)
 
     def inpaint(self, images: torch.Tensor, mask: torch.Tensor, context: ContextLike = None, *, n: int = 1,
-                seed: int = 0, steps: int | None = None, guidance: float | None = None, jump_length: int = 10,
-                resample: int = 1, strength: float = 1.0, callback: Callable | None = None, raw: bool = False,
-                **options: Any) -> torch.Tensor:
+                seed: int = 0, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                jump_length: int = 10, resample: int = 1, strength: float = 1.0, callback: Callable | None = None,
+                raw: bool = False, **options: Any) -> torch.Tensor:
         """RePaint: regenerate where ``mask`` (``[H, W]``, ``[1, H, W]`` or one per row; 1 = keep, 0 = generate)
-        is 0, over DDPM steps (default 50), the kept pixels exact; ``resample > 1`` jumps back ``jump_length``
-        steps ``resample - 1`` times at every ``jump_length``-th step (better harmony, more network evaluations)."""
-        job = plan_inpaint(self, images, mask, context, strength=strength, n=n, seed=seed, steps=steps,
-                           guidance=guidance, jump_length=jump_length, resample=resample, **options)
+        is 0, over ``sampler``'s steps (ddpm, default 50 steps, or ddim with ``eta``, default 20), the kept pixels
+        exact; ``resample > 1`` jumps back ``jump_length`` steps ``resample - 1`` times at every
+        ``jump_length``-th step (better harmony, more network evaluations)."""
+        job = plan_inpaint(self, images, mask, context, strength=strength, n=n, seed=seed, sampler=sampler,
+                           steps=steps, guidance=guidance, jump_length=jump_length, resample=resample, **options)
         return _images(torch.cat([x for _, x in run_edit(self, job, callback=callback)]), raw)
 
     def interpolate(self, seed_a: int = 0, seed_b: int = 1, *, frames: int = 9, context: ContextLike = None,

@@ -8,8 +8,8 @@ contract is ``docs/studio_api.md``. Three rooms, each a folder's map of its own:
     catalog.py    the models and runs the server lists (names are the only way in; NotFound: 404)
     cards.py      a model's card: conditioning, size, recommended settings, how it was trained
     runfiles.py   bounded, symlink-free reads of metrics.csv, sample grids, READMEs
-    work/         what a job is and does: params, edits, jobs (the queue), runner, frames, encode
-    web/          HTTP: app, guard, the routers (pages, listing, submit, downloads), intake, responses, apidocs,
-                  connections, server
+    work/         what a job is and does: params, edits, jobs (the queue), runner, frames, encode, teach
+    web/          HTTP: app, guard, the routers (pages, listing, submit, downloads, teach), intake, responses,
+                  apidocs, connections, server
     static/       the page itself (index.html, style.css and its scripts)
 """

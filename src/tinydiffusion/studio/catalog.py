@@ -1,6 +1,8 @@
 """What the studio serves: the models it lists (shipped, given, or exported under ``--runs``) and the runs
 it monitors. A request names one of these; a name is looked up in the listing, never joined to a path,
-so nothing outside the listed folders is ever read. Symlinks are not followed while scanning. A name the
+so nothing outside the listed folders is ever read. Symlinks are not followed while scanning. A fine-tune's folder
+(``tinydiffusion finetune``, or the studio's Teach: a ``finetune.json``) is one run: its curves and grids are
+those of its ``train/`` run, its model ``RUN/model``. A name the
 server did not list is ``NotFound`` (404), wherever it is looked up (models, runs, jobs, files). What goes back
 to a client names folders as the listing does (``shown``, ``redact``), never by their absolute server path."""
 
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 from ..errors import UsageError
 from ..sampling.pipeline import SHIPPED, resolve_model
 from ..store.modelfile import check_config, read_json
+from ..training.finetune import RECORD as FINETUNE_RECORD
 from ..training.runlock import LOCK as RUN_LOCK
 from . import cards
 from .runfiles import MAX_PICTURE, is_file, newest_png, read_bounded, read_metrics
@@ -74,7 +77,7 @@ class Catalog:
                 entries[str(name)] = _entry(str(name), Path(path), "given")
         for name, run in self._scan():
             if (run / "model" / "config.json").is_file() and name not in entries:
-                entries[name] = _entry(name, run / "model", "run", run)
+                entries[name] = _entry(name, run / "model", "run", logs(run))
         with self._lock:
             old = self._models
             for name, entry in entries.items():  # keep computed cards of unchanged models
@@ -106,24 +109,26 @@ class Catalog:
         when it was updated, whether it exported a model, its ``state`` (``training`` while its trainer holds the
         run's ``.lock``, ``finished`` once the lock is gone and the model exported, else ``stopped``) and when its
         newest sample grid was written (``sample``, ``None`` before the first)."""
-        found = {name: run for name, run in self._scan() if is_file(run / "metrics.csv")}
+        found = {name: run for name, run in self._scan() if is_file(logs(run) / "metrics.csv")}
         with self._lock:
             self._runs = found
         listing = []
         for name, run in found.items():
-            steps = read_metrics(run / "metrics.csv", 2, limit=8192)["step"]  # the last rows are enough
+            steps = read_metrics(logs(run) / "metrics.csv", 2, limit=8192)["step"]  # the last rows are enough
             try:
-                updated = os.lstat(run / "metrics.csv").st_mtime
+                updated = os.lstat(logs(run) / "metrics.csv").st_mtime
             except OSError:  # removed since the scan
                 continue
             has_model = is_file(run / "model" / "config.json")
-            state = "training" if is_file(run / RUN_LOCK) else "finished" if has_model else "stopped"
-            sample = newest_png(run / "samples")
+            held = is_file(run / RUN_LOCK) or is_file(logs(run) / RUN_LOCK)  # a fine-tune holds both
+            state = "training" if held else "finished" if has_model else "stopped"
+            sample = newest_png(logs(run) / "samples")
             listing.append({"name": name, "steps": int(steps[-1]) if steps else 0, "updated": updated,
                             "has_model": has_model, "state": state, "sample": _mtime(sample)})
         return listing
 
     def run(self, name: Any) -> Path:
+        """The folder of a listed run's ``metrics.csv`` and ``samples/`` (a fine-tune's ``train/``)."""
         with self._lock:
             known = self._runs
         if not isinstance(name, str) or name not in known:
@@ -132,7 +137,7 @@ class Catalog:
                 known = self._runs
         if not isinstance(name, str) or name not in known:
             raise NotFound(f"run={_shown(name)} is not a run this server lists (GET /api/runs)")
-        return known[name]
+        return logs(known[name])
 
     def latest_sample(self, name: Any) -> bytes:
         """The newest PNG in a listed run's ``samples`` folder (by modification time), as bytes."""
@@ -184,7 +189,8 @@ class Catalog:
             while stack and visited < MAX_FOLDERS:
                 folder, name, depth = stack.pop()
                 visited += 1
-                if is_file(folder / "metrics.csv") or is_file(folder / "model" / "config.json"):
+                if is_file(folder / "metrics.csv") or is_file(folder / "model" / "config.json") or \
+                        is_file(folder / FINETUNE_RECORD):
                     found.append((name, folder))
                     continue
                 if depth >= MAX_DEPTH:
@@ -228,6 +234,11 @@ def _entry(name: str, path: Path, source: str, run: Path | None = None) -> Model
             entry.available = False
             entry.reason = f"prompts need the optional extra: pip install 'tinydiffusion[text]' (missing {missing[0]})"
     return entry
+
+
+def logs(run: Path) -> Path:
+    """Where a run folder keeps ``metrics.csv`` and ``samples/``: itself, or a fine-tune's ``train/`` run."""
+    return run / "train" if is_file(run / FINETUNE_RECORD) else run
 
 
 def _mtime(path: Path | None) -> float | None:

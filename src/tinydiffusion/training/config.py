@@ -33,7 +33,7 @@ class TrainConfig:
     # L > 0 also gives the network the first L token states, attended over by cross-attention blocks (16×16 and 8×8)
     text_tokens: int = 0
     context_file: str | None = None  # for --context vector: an .npy array [N, D], one row per image
-    caption_alternatives: bool = True  # --context text: draw one of each image's captions per step (alt_captions)
+    caption_alternatives: bool = False  # --context text: one of each image's alt_captions per step (off: measured)
     model: str = "small"
     image_size: int = 16
     schedule: str = "linear"

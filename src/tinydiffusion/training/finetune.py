@@ -40,7 +40,7 @@ from ..runtime.dist import native_bf16, resolve_device
 from ..sampling.pipeline import SHIPPED, Pipeline, load, resolve_model
 from ..store.files import AtomicFolder, save_npz
 from ..store.schema import class_name
-from ..vocab import ADAPTER_METHODS, FINETUNE_METHODS, PRECISIONS
+from ..vocab import ADAPTER_METHODS, FINETUNE_METHODS, FINETUNE_MINUTES, PRECISIONS
 from . import runlock
 from .config import Objective, TrainConfig, recorded_config
 from .finetune_data import REPLAY_PER_CLASS, Concept, base_data, check_base, mix, read_concept, replay_rows
@@ -49,7 +49,6 @@ from .train import train
 
 DEFAULTS = {"lora": {"lr": 2e-3, "replay": 0.5}, "column": {"lr": 3e-3, "replay": 0.0},
             "full": {"lr": 2e-4, "replay": 0.5}}  # measured in benchmarks/finetune_study.py (docs/finetune.md)
-DEFAULT_MINUTES = 4.0  # with the report (about a minute) a fine-tune of the shipped sprites fits in five
 RECORD, DATA = "finetune.json", "data.npz"
 # settings a resumed fine-tune takes from this call rather than from its record
 RESUME_OVERRIDES = ("out", "device", "progress", "steps", "minutes", "holdout", "report_samples", "evaluator")
@@ -67,7 +66,7 @@ class FinetuneConfig:
     rank: int = 4  # LoRA's rank
     alpha: float | None = None  # LoRA's alpha (the update is scaled by alpha/rank); None: the rank (scale 1)
     steps: int | None = None
-    minutes: float | None = None  # neither: DEFAULT_MINUTES
+    minutes: float | None = None  # neither: FINETUNE_MINUTES
     replay: float | None = None  # share of each batch replayed from the base's training data; None: the method's
     replay_data: str | None = None  # what is replayed; None: the data the base was trained on (its card's)
     holdout: str | None = None  # pictures of the concept kept aside, for the report's recognition figure
@@ -265,7 +264,7 @@ def _train_config(base: Pipeline, config: FinetuneConfig, out: Path, settings: d
     recorded = recorded_config(saved, f"model {config.base}") if isinstance(saved, dict) else TrainConfig()
     encoder = base.context.encoder if base.context.kind == "text" else recorded.encoder
     budget = {"steps": config.steps, "minutes": config.minutes} if config.steps or config.minutes else \
-        {"steps": None, "minutes": DEFAULT_MINUTES}
+        {"steps": None, "minutes": FINETUNE_MINUTES}
     return replace(recorded, out=str(out / "train"), data=str(out / DATA), labels=None, class_names=None,
                    context=base.context.kind, encoder=encoder, context_file=None, image_size=base.image_size,
                    model=recorded.model if recorded.model in PRESETS else "small", T=base.schedule.T,

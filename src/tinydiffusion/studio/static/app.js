@@ -1,15 +1,16 @@
 // tinydiffusion studio: plain ES2020 modules, no build step, no network beyond this server's /api/.
 // The entry point: tabs, the model list, and the wiring of every control.
 import { $, state, el, api, showError, clearError, announce } from "./util.js";
-import { renderModelCard, renderContext, renderSampling, updateContextString, updateEta } from "./controls.js";
+import { renderModelCard, renderContext, renderSampling, renderGuides, updateContextString, updateEta } from "./controls.js";
 import { resetLive, setLiveState, closeStream, generate, cancel, replay, busy } from "./live.js";
 import { pausePreview, resumePreview, schedulePreview, stopPreview } from "./instant.js";
 import { newSettingRow, renderCompareSettings, updateCompareButtons, runCompare, cancelCompare } from "./compare.js";
 import { initEdit, resetEdit, runEdit, describePlan } from "./edit.js";
 import { loadRuns, refreshRun, startRunMonitor, stopRunMonitor } from "./monitor.js";
+import { initTeach, refreshTeach, renderTeachBases, startTeach } from "./teach.js";
 
-const TABS = ["generate", "edit", "compare", "training"];
-const ACTIONS = { generate: "generate", edit: "edit-run", compare: "compare-run", training: "run-select" };
+const TABS = ["generate", "edit", "compare", "training", "teach"];
+const ACTIONS = { generate: "generate", edit: "edit-run", compare: "compare-run", training: "run-select", teach: "teach-run" };
 
 // ---------- tabs (the ARIA tabs pattern: one Tab stop, arrow keys move between them) ----------
 
@@ -28,6 +29,7 @@ function showTab(name, focus = false) {
   if (name === "generate") resumePreview(); else pausePreview();
   if (name === "training") startRunMonitor(); else stopRunMonitor();
   if (name === "edit") describePlan();
+  if (name === "teach") refreshTeach();
 }
 
 function tabKeys(e) {
@@ -57,11 +59,12 @@ async function loadModels(rescan = false) {
       $("model-card").textContent = "No models found. Train one with `tinydiffusion train --out runs/NAME` and press ↻.";
       return;
     }
+    renderTeachBases();
     const added = rescan ? models.filter((m) => !before.has(m.name)).map((m) => m.name) : [];
     if (added.length) announce(`New in the Model list: ${added.join(", ")}.`);
     select.value = models.some((m) => m.name === previous) ? previous : models[0].name;
     if (select.value !== previous || !state.model) selectModel(select.value);
-    else { state.model = models.find((m) => m.name === previous); renderModelCard(state.model); }
+    else { state.model = models.find((m) => m.name === previous); renderModelCard(state.model); renderGuides(); }
   } catch (err) {
     showError(err.message);
   }
@@ -101,6 +104,7 @@ function runAction() {
   if (tab === "generate") generateNow();
   else if (tab === "edit" && !$("edit-run").disabled) runEdit();
   else if (tab === "compare") runCompare();
+  else if (tab === "teach") startTeach();
 }
 
 // ---------- wiring ----------
@@ -149,6 +153,7 @@ function init() {
   setLiveState("idle", "ready");
   showTab("generate");
   initEdit();
+  initTeach();
   loadModels();
 }
 

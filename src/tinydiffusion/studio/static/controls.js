@@ -20,6 +20,8 @@ export function renderModelCard(m) {
     ["objective", `${m.prediction || "eps"}-prediction · T = ${m.T}`],
     ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${plural(d.steps || m.T, "step")}, guidance ${fmtNum(d.guidance ?? 1)}`],
   ];
+  if (d.guidance_interval) rows.push(["guidance interval", `(${fmtNum(d.guidance_interval[0])}, ${fmtNum(d.guidance_interval[1])}] of (t+1)/T`]);
+  if (d.guide) rows.push(["guide", `${d.guide} (autoguidance)`]);
   const s = m.distilled;
   if (s) {
     rows.push(["student", `${s.method} distillation: ${SHORT_NAMES[s.sampler] || s.sampler} in ${stepCounts(s.steps)}, guidance ${fmtNum(s.guidance)} folded in`]);
@@ -141,7 +143,13 @@ export function renderSampling(m) {
   $("guidance").value = s ? s.guidance : d.guidance != null ? d.guidance : 1;
   $("guidance-rescale").value = "0";
   $("eta").value = "0";  // a student has no η; an ordinary model starts deterministic
-  for (const id of ["guidance", "guidance-rescale"]) {
+  $("guidance-lo").value = "";
+  $("guidance-hi").value = "";
+  const [lo, hi] = d.guidance_interval || [];
+  $("guidance-lo").placeholder = lo != null ? `card's: ${fmtNum(lo)}` : "card's: 0";
+  $("guidance-hi").placeholder = hi != null ? `card's: ${fmtNum(hi)}` : "card's: 1";
+  renderGuides(m, "");
+  for (const id of ["guidance", "guidance-rescale", "guidance-lo", "guidance-hi", "guide"]) {
     $(id).disabled = !!s;
     $(id).closest(".field").classList.toggle("disabled", !!s);
   }
@@ -153,6 +161,17 @@ export function renderSampling(m) {
       el("span", { class: "muted", text: " · instant preview: moving the context samples again, also while dragging" }));
   }
   updateEta();
+}
+
+// The Guide choices: the model card's, none, or a listed ordinary model (a student cannot guide: its guidance is
+// folded in). One of another size or context is listed too: the server says why it does not fit.
+export function renderGuides(m = state.model, keep = $("guide").value) {
+  if (!m) return;
+  const card = (m.defaults || {}).guide;
+  const others = state.models.filter((x) => x.name !== m.name && !x.distilled && x.kind && x.available !== false);
+  $("guide").replaceChildren(el("option", { value: "", text: card ? `card's (${card})` : "card's (none)" }),
+    el("option", { value: "none", text: "none" }), ...others.map((x) => el("option", { value: x.name, text: x.name })));
+  $("guide").value = [...$("guide").options].some((o) => o.value === keep) ? keep : "";
 }
 
 // "4 steps", "1 step", "2 or 4 steps", "1, 2 or 4 steps"
@@ -172,7 +191,9 @@ export function updateEta() {
 // Steps or Guidance means the model card's (left out); a number field holding what the browser cannot read as a
 // number ("3e", "1e400", which it shows but reports as empty) is an InputError, never silently dropped.
 // A student's guidance is left out: the server uses its card's, the one folded into it.
-const LABELS = { steps: "Steps", guidance: "Guidance", "guidance-rescale": "Rescale", eta: "η", seed: "Seed", n: "Images" };
+const LABELS = { steps: "Steps", guidance: "Guidance", "guidance-rescale": "Rescale", eta: "η", seed: "Seed", n: "Images",
+  "guidance-lo": "Guidance interval (from)", "guidance-hi": "Guidance interval (to)", "teach-minutes": "Minutes",
+  "teach-report-samples": "Report samples" };
 
 export function readNumber(id) {
   const input = $(id), text = input.value;
@@ -196,8 +217,21 @@ export function samplingParams() {
     num("guidance", "guidance");
     num("guidance-rescale", "guidance_rescale");
     if (p.sampler === "ddim") num("eta", "eta");
+    Object.assign(p, leverParams());
   }
   num("seed", "seed");
   num("n", "n");
+  return p;
+}
+
+// The guidance levers: both ends of the interval or neither (the card's); the guide when one is chosen.
+function leverParams() {
+  const p = {}, lo = readNumber("guidance-lo"), hi = readNumber("guidance-hi");
+  if ((lo === undefined) !== (hi === undefined)) {
+    throw new InputError(lo === undefined ? "guidance-lo" : "guidance-hi",
+      "Guidance interval: give both ends (numbers from 0 to 1, from ≤ to), or neither for the model card's");
+  }
+  if (lo !== undefined) p.guidance_interval = [lo, hi];
+  if ($("guide").value) p.guide = $("guide").value;
   return p;
 }

@@ -92,7 +92,8 @@ function onEvent(event, d, t0) {
     setLiveState("queued", d.position > 0 ? `queued (#${d.position + 1})` : "starting…");
     if (d.position > 0) announce(`Queued: ${d.position} job${d.position === 1 ? "" : "s"} ahead.`);
   } else if (event === "loading") {
-    const what = d.what === "text encoder" ? "the text encoder (first prompt: a few seconds)" : `the model ${d.model || ""}`;
+    const what = d.what === "text encoder" ? "the text encoder (first prompt: a few seconds)"
+      : `the ${d.what === "guide" ? "guide" : "model"} ${d.model || ""}`;
     setLiveState("loading", `loading ${what}…`);
     announce(`Loading ${what}.`);
   } else if (event === "frame") {

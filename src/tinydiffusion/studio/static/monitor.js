@@ -21,7 +21,8 @@ export async function loadRuns() {
   state.runs = runs;
   newModels(runs);
   const select = $("run-select");
-  const previous = select.value;
+  const previous = state.preferRun || select.value;  // a run another tab asked to show (Teach), else the one shown
+  state.preferRun = null;
   select.replaceChildren(...runs.map((r) => el("option", { value: r.name, text: r.name })));
   if (!runs.length) {
     $("run-info").textContent = "No runs yet: start one with `tinydiffusion train --out RUNS/NAME` (a folder under --runs).";

@@ -4,7 +4,7 @@
 
 export const $ = (id) => document.getElementById(id);
 export const state = { models: [], model: null, ctrl: null, job: null, runTimer: null, runs: [], frames: [], replay: null,
-  lastDone: null };
+  lastDone: null, preferRun: null };
 
 export const UNREACHABLE = "The studio server is not reachable: is `tinydiffusion serve` still running?";
 
@@ -74,7 +74,9 @@ export function cancelJob(job) {
 
 // The offending field of a message that starts "steps=0 is not allowed…" (the server's and the page's own).
 const FIELDS = { steps: "steps", guidance: "guidance", guidance_rescale: "guidance-rescale", eta: "eta", seed: "seed",
-  n: "n", strength: "edit-strength", context: "prompt", context_to: "prompt-to", mix: "mix", settings: "compare-settings" };
+  n: "n", strength: "edit-strength", context: "prompt", context_to: "prompt-to", mix: "mix", settings: "compare-settings",
+  guidance_interval: "guidance-lo", guide: "guide", base: "teach-base", class: "teach-class", prompt: "teach-prompt",
+  minutes: "teach-minutes", images: "teach-drop", report_samples: "teach-report-samples" };
 
 export function showError(message, field = null) {
   clearError();

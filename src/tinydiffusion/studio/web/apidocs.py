@@ -13,7 +13,11 @@ PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero
               "sampler": "ddpm, ddim, dpmpp_2m, euler or consistency (a distilled student: only its own)",
               "steps": "1..T (a distilled student: its step counts)",
               "guidance": "finite, >= 0 (a distilled student: only the scale folded into it)",
-              "guidance_rescale": "0..1", "eta": "0..1, ddim only", "seed": "int >= 0", "n": "images per row, 1..64"}
+              "guidance_rescale": "0..1", "eta": "0..1, ddim only", "seed": "int >= 0", "n": "images per row, 1..64",
+              "guidance_interval": "[lo, hi], 0 <= lo <= hi <= 1: guided only where (t+1)/T is in (lo, hi]; "
+                                   "[0, 1] everywhere; omitted: the model card's",
+              "guide": "autoguidance: a listed ordinary model of the same size and context, or 'none'; omitted: the "
+                       "model card's (with a guide, guidance is autoguidance's scale)"}
 EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
              "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
              "strength": "(0, 1]; default 0.6 (img2img) or 1 (inpainting)", "n": "images per row, 1..16"}

@@ -2,7 +2,7 @@
 
 ``create_app`` only assembles it: the shared ``Studio`` state, the guard that every request meets first
 (``guard.py``: Host, Origin, token, content type, security headers), the error middleware and handlers
-(``responses.py``), the static files and the routers (``pages``, ``listing``, ``submit``, ``downloads``).
+(``responses.py``), the static files and the routers (``pages``, ``listing``, ``submit``, ``downloads``, ``teach``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from ...runtime.dist import resolve_device
 from ..catalog import Catalog
 from ..work.jobs import JobQueue
 from ..work.runner import Pipelines, Runner
-from . import downloads, listing, pages, submit
+from ..work.teach import Teacher
+from . import downloads, listing, pages, submit, teach
 from .guard import Access, Guard
 from .intake import Studio
 from .responses import CatchAll, install_handlers
 
-ROUTERS = (pages.router, listing.router, submit.router, downloads.router)
+ROUTERS = (pages.router, listing.router, submit.router, downloads.router, teach.router)
 
 
 def create_app(runs: Sequence[str | Path] = (), device: str = "cpu", queue_size: int = 8,
@@ -40,7 +41,7 @@ def create_app(runs: Sequence[str | Path] = (), device: str = "cpu", queue_size:
     app = FastAPI(title="tinydiffusion studio", version=__version__, lifespan=_lifespan, docs_url=None,
                   redoc_url=None, description="Steer, watch and compare diffusion sampling; follow training runs. "
                                               "The page at / uses this API; see docs/studio_api.md.")
-    app.state.studio = Studio(catalog, pipelines, jobs)
+    app.state.studio = Studio(catalog, pipelines, jobs, Teacher(catalog))
     app.add_middleware(CatchAll)
     app.add_middleware(Guard, access=Access(host, token))  # added last: the outermost, every request meets it first
     install_handlers(app)

@@ -12,11 +12,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
-from ...errors import UsageError
-from ..catalog import Catalog, ModelEntry
+from ...errors import UsageError, bad_value
+from ...sampling import card
+from ...vocab import NO_GUIDE
+from ..catalog import Catalog, ModelEntry, NotFound
 from ..work.jobs import JobQueue
 from ..work.params import KEYS, SampleParams, for_model
 from ..work.runner import Pipelines
+from ..work.teach import Teacher
 
 MAX_BODY = 64 * 1024  # bytes of a JSON request body
 MAX_DEPTH = 8  # nesting of a JSON body (a sampling request needs 2: an object holding a list of contexts)
@@ -32,11 +35,13 @@ class SlowBody(UsageError):
 
 @dataclass
 class Studio:
-    """What the routes share (``app.state.studio``): the listing, the loaded pipelines, the work queue."""
+    """What the routes share (``app.state.studio``): the listing, the loaded pipelines, the work queue, the
+    fine-tune of the Teach panel."""
 
     catalog: Catalog
     pipelines: Pipelines
     jobs: JobQueue
+    teacher: Teacher
 
     def checked(self, p: SampleParams) -> ModelEntry:
         """The listed model of ``p`` (404 otherwise) with what its config can check (422)."""
@@ -44,7 +49,24 @@ class Studio:
         if not entry.available:
             raise UsageError(f"model={entry.name!r} is not available here: {entry.reason}")
         for_model(p, entry.config, len(entry.default_rows))
+        self.guide(p, entry)
         return entry
+
+    def guide(self, p: SampleParams, entry: ModelEntry) -> ModelEntry | None:
+        """The listed model ``p`` names as its autoguidance guide (``None``: none named, or ``"none"``), refused (422
+        naming ``guide``) unless it is listed, available and fits ``entry`` (``card.check_guide``: an ordinary model
+        of the same image size, context, schedule and prediction)."""
+        if p.guide is None or p.guide == NO_GUIDE:
+            return None
+        try:
+            guide = self.catalog.model(p.guide)
+        except NotFound:
+            raise bad_value("guide", p.guide, f"the name of a listed ordinary model (GET /api/models) or "
+                                              f"{NO_GUIDE!r}; omit it for the model card's") from None
+        if not guide.available:
+            raise bad_value("guide", p.guide, f"a model that can be loaded here ({guide.reason})")
+        card.check_guide(entry.config, guide.config, guide.name)
+        return guide
 
 
 async def studio(request: Request) -> Studio:

@@ -30,7 +30,8 @@ router = APIRouter()
 async def sample(request: Request, s: StudioDep):
     p = parse(await read_json(request))
     want_json = "application/json" in request.headers.get("accept", "")
-    job = Job("sample", p, s.checked(p), want_images=want_json)
+    entry = s.checked(p)
+    job = Job("sample", p, entry, want_images=want_json, guide=s.guide(p, entry))
     s.jobs.submit(job)
     event, data = await job.outcome(request, lambda: s.jobs.cancel(job.id))
     if event == "error":
@@ -45,7 +46,8 @@ async def sample(request: Request, s: StudioDep):
                                      "done | error)", openapi_extra=body_docs(EXAMPLE))
 async def stream(request: Request, s: StudioDep):
     p = parse(await read_json(request))
-    job = Job("stream", p, s.checked(p))
+    entry = s.checked(p)
+    job = Job("stream", p, entry, guide=s.guide(p, entry))
     position = s.jobs.submit(job)  # QueueFull: 429 JSON, like the other POSTs
     return sse_response(events(request, s.jobs, job, position))
 
@@ -57,8 +59,9 @@ async def stream(request: Request, s: StudioDep):
 async def edit_stream(request: Request, s: StudioDep):
     raw = await read_json(request, MAX_EDIT_BODY, "a JSON object with model, image, mask, strength and sampling "
                                                   "parameters")
-    entry = s.checked(parse_edit(raw)[0])
-    job = Job("edit", checked_edit(raw, entry), entry)
+    p = parse_edit(raw)[0]
+    entry = s.checked(p)
+    job = Job("edit", checked_edit(raw, entry), entry, guide=s.guide(p, entry))
     position = s.jobs.submit(job)  # QueueFull: 429 JSON, like the other POSTs
     return sse_response(events(request, s.jobs, job, position))
 
@@ -73,7 +76,7 @@ async def compare(request: Request, s: StudioDep):
     T = entry.config["schedule"]["T"]
     chosen = settings(raw.get("settings") if isinstance(raw, dict) else None, T)
     _student_settings(entry, p, chosen)
-    job = Job("compare", p, entry, settings=chosen)
+    job = Job("compare", p, entry, settings=chosen, guide=s.guide(p, entry))
     position = s.jobs.submit(job)
     if "text/event-stream" in request.headers.get("accept", ""):
         return sse_response(events(request, s.jobs, job, position))

@@ -6,4 +6,5 @@
     runner.py     what a job does on the worker: sample (streaming frames), compare or edit; the pipeline cache
     frames.py     a job's sampler callback (cancel, count, stream; the GIF kept by the library's recorder), rows
     encode.py     PNG grids, data URLs, GIF and .npz bytes (in memory)
+    teach.py      Teach: a fine-tune request checked, its pictures written to a fresh run folder, run in a thread
 """

@@ -33,7 +33,7 @@ from ...store.pictures import beside, mask_picture, to_float, to_uint8
 from . import encode
 from .frames import Frames, rows
 from .jobs import Result
-from .params import MAX_IMAGES, SampleParams, for_model, parse, resolve
+from .params import MAX_IMAGES, SampleParams, for_model, levers_used, parse, resolve
 
 MAX_PICTURE = 2 * 2**20  # bytes of one decoded image or mask file
 MAX_EDIT_BODY = 6 * 2**20  # bytes of the JSON body: two base64 pictures and the parameters
@@ -134,8 +134,9 @@ def walked(settings: dict[str, Any]) -> int:
     return repaint_nfe(k, settings["jump_length"], settings["resample"]) if "jump_length" in settings else k
 
 
-def run(job, pipe) -> dict[str, Any]:
-    """The worker's part: plan (the library's checks), run with live frames, keep the downloads."""
+def run(job, pipe, levers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The worker's part: plan (the library's checks), run with live frames, keep the downloads. ``levers``: the
+    guidance interval and guide as ``Pipeline.plan`` takes them (``Runner.levers``)."""
     e: EditParams = job.params
     p = e.p
     names, context = rows(pipe, p)
@@ -144,7 +145,7 @@ def run(job, pipe) -> dict[str, Any]:
         sampler, steps = "ddpm", p.steps  # plan_inpaint: RePaint's own default steps unless given
     options = p.options() if sampler == "ddim" else {}
     shared = dict(strength=e.strength, n=p.n, seed=p.seed, sampler=sampler, steps=steps, guidance=guidance,
-                  guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **options)
+                  guidance_rescale=p.guidance_rescale, batch_size=MAX_IMAGES, **(levers or {}), **options)
     plan = plan_img2img(pipe, to_float(e.picture), context, **shared) if e.keep is None else \
         plan_inpaint(pipe, to_float(e.picture), torch.from_numpy(e.keep), context, **shared)
     s = plan.settings
@@ -152,7 +153,8 @@ def run(job, pipe) -> dict[str, Any]:
     x, seconds = frames.run(partial(run_edit, pipe, plan), plan.plan)
     images = to_uint8(x)  # [R·n, S, S, 3]
     shown = [e.picture] + ([] if e.keep is None else [mask_picture(e.keep)])
-    metadata = {**p.metadata(), "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"],
+    used = levers_used(p, pipe.config, plan.plan.levers)
+    metadata = {**p.metadata(), "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"], **used,
                 "strength": s["strength"], "rows": names, "nfe": s["nfe"], "seconds": round(seconds, 3),
                 "inpaint": e.keep is not None, "job": job.id}
     ncol = p.n + len(shown)
@@ -160,5 +162,5 @@ def run(job, pipe) -> dict[str, Any]:
     arrays = context_arrays(names, plan.plan.rows, p.n, pipe.context, len(images))
     job.result = Result(images, arrays["contexts"], arrays.get("labels"), metadata, frames.kept, grid, p.n)
     return {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": s["nfe"],
-            "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"], "strength": s["strength"],
+            "sampler": s["sampler"], "steps": s["steps"], "guidance": s["guidance"], **used, "strength": s["strength"],
             "inpaint": e.keep is not None, "rows": names, "n": p.n, "ncol": ncol, "downloads": job.download_urls}

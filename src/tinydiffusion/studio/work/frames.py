@@ -49,12 +49,14 @@ class Frames:
         self.recorder = Recorder() if keep else None
         if self.recorder is not None:
             self.recorder.stride = self.stride  # the GIF keeps the streamed steps (its own bound still holds)
-        self.calls, self.first, self.t0, self.per_step = 0, 0, time.perf_counter(), 1
+        self.calls, self.first, self.t0, self.evaluated = 0, 0, time.perf_counter(), 0
+        self.plan: SamplePlan | None = None
 
     @property
     def evaluations(self) -> int:
-        """Network evaluations per image so far: 2 per guided step (both halves), 1 otherwise (the library's count)."""
-        return self.calls * self.per_step
+        """Network evaluations per image so far: 2 per guided step (both halves, or the model and its guide), 1 per
+        step unguided or outside the guidance interval (the library's count, ``SamplePlan.evaluations``)."""
+        return self.evaluated
 
     @property
     def kept(self) -> list[np.ndarray]:
@@ -65,7 +67,7 @@ class Frames:
         """The images ``[N, C, H, W]`` of ``walk(batches, callback)`` (``partial(pipe.run, plan)``, or
         ``partial(run_edit, pipe, edit)`` for an edit over ``plan``) batch by batch with this callback, and the
         seconds they took."""
-        self.t0, self.per_step = time.perf_counter(), 2 if plan.guided else 1
+        self.t0, self.plan = time.perf_counter(), plan
         parts = []
         for b in range(plan.batches):
             if self.recorder is not None:
@@ -78,6 +80,7 @@ class Frames:
         self.job.check()
         i = self.calls - self.first if self.renumber else i
         self.calls += 1
+        self.evaluated += self.plan.evaluations([int(t)]) if self.plan is not None else 1
         if self.recorder is not None:
             self.recorder(i, t, x_t, x0_hat)
         last = self.steps is not None and i == self.steps - 1

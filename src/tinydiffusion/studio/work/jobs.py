@@ -67,8 +67,10 @@ class Result:
 class Job:
     """One request's work: ``kind`` is ``sample``, ``stream``, ``compare`` or ``edit``."""
 
-    def __init__(self, kind: str, params: Any, entry: Any, settings: list | None = None, want_images: bool = False):
+    def __init__(self, kind: str, params: Any, entry: Any, settings: list | None = None, want_images: bool = False,
+                 guide: Any = None):
         self.id, self.kind, self.params, self.entry, self.settings = "", kind, params, entry, settings
+        self.guide = guide  # the listed model named as the autoguidance guide (checked to fit), or None
         self.want_images = want_images
         self.loop = asyncio.get_running_loop()  # made by an async handler, on its loop
         self.events: asyncio.Queue = asyncio.Queue()

@@ -2,9 +2,10 @@
 
 ``parse`` checks what needs no model (types, ranges, the sampler and its options) with the library's own
 checks, so the messages are the CLI's; ``for_model`` then checks what needs the listed model's config
-(steps <= T, a distilled student's sampler/steps/guidance, class names, how many images in all) without
-loading its weights. What needs the network or the text encoder (prompts) is checked by ``Pipeline.plan`` on
-the worker, with the same messages.
+(steps <= T, a distilled student's sampler/steps/guidance and guidance levers, class names, how many images
+in all) without loading its weights. A ``guide`` is a listed model's name (or ``"none"``); the route looks it up
+in the listing and checks that it fits (``card.check_guide``) before queueing. What needs the network or the text
+encoder (prompts) is checked by ``Pipeline.plan`` on the worker, with the same messages.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from ...core.samplers import get_sampler
 from ...core.schedule import Schedule
 from ...errors import UsageError, bad_value
 from ...sampling import card
+from ...vocab import NO_GUIDE
 
 MAX_IMAGES = 64  # images in one request, all rows together
 MAX_ROWS = 8  # context rows (a list of contexts)
 MAX_PROMPT = 200  # characters of one context string or prompt
 MAX_SETTINGS = 4  # compare: 2..4 settings
 DEFAULT_N = 4
-KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n")
+KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n",
+        "guidance_interval", "guide")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class SampleParams:
     eta: float | None = None
     seed: int = 0
     n: int = DEFAULT_N
+    guidance_interval: tuple[float, float] | None = None  # None: the model card's (0, 1): everywhere
+    guide: str | None = None  # a listed model's name, or "none"; None: the model card's guide
 
     def options(self) -> dict[str, Any]:
         """Sampler options (only DDIM takes one here: ``eta``)."""
@@ -89,6 +94,10 @@ def parse(raw: Mapping[str, Any], *, allow: tuple[str, ...] = ()) -> SampleParam
         p = replace(p, guidance_rescale=checks.finite("guidance_rescale", values["guidance_rescale"], low=0, high=1))
     if "sampler" in values:
         p = replace(p, sampler=values["sampler"])
+    if "guidance_interval" in values:
+        p = replace(p, guidance_interval=checks.guidance_interval(values["guidance_interval"]))
+    if "guide" in values:
+        p = replace(p, guide=_guide(values["guide"]))
     if "eta" in values:
         eta = checks.finite("eta", values["eta"], low=0, high=1, allowed="a number from 0 (deterministic) to 1")
         # eta = 0 is every other sampler's behaviour too, so a page may send it always; a non-zero eta is DDIM's
@@ -110,15 +119,33 @@ def resolve(p: SampleParams, config: dict[str, Any]) -> tuple[str, int, float]:
     return card.resolve(config, p.sampler, p.steps, p.guidance)
 
 
+def levers(p: SampleParams, config: dict[str, Any]) -> tuple[tuple[float, float] | None, Any]:
+    """``(guidance interval, guide)`` of a request as the library resolves them (``card.interval``, ``card.guide``):
+    the given ones, else the model card's; ``None`` where there is none."""
+    return card.interval(config, p.guidance_interval), card.guide(config, p.guide)[0]
+
+
+def levers_used(p: SampleParams, config: dict[str, Any], used: dict[str, Any] | None) -> dict[str, Any]:
+    """What a job's answer and metadata record of the guidance levers its plan used (``SamplePlan.levers``): the
+    interval (``[lo, hi]``; ``None``: guided at every step) and the guide by its listed name, or as the model card
+    names it (``None``: no guide)."""
+    used = used or {}
+    guide = used.get("guide")
+    if guide is not None:
+        guide = p.guide if p.guide not in (None, NO_GUIDE) else card.recommended(config).get("guide")
+    return {"guidance_interval": used.get("guidance_interval"), "guide": guide}
+
+
 def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
-    """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits,
-    class names, image count."""
+    """What needs the model's config: steps <= T, the resolved sampler's options, a distilled student's limits
+    (guidance levers included), class names, image count."""
     sampler, steps, guidance = resolve(p, config)
     sampler_options(sampler, p)
     if steps is not None:
         Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
+    interval, guide = levers(p, config)
     card.check_distilled(config.get("distilled"), sampler, steps, guidance, p.guidance_rescale,
-                         sampler_options(sampler, p))
+                         sampler_options(sampler, p), interval=interval, guide=guide)
     context = config.get("context") or {"kind": "none", "width": 0}
     rows = 1 if p.context_to is not None else len(p.context) if p.context is not None else \
         max(1, min(MAX_ROWS, default_rows))  # the default rows: the first 8 classes or example captions
@@ -140,6 +167,14 @@ def settings(raw: Any, T: int | None = None) -> list[tuple[str, int]]:
         if T is not None and steps > T:
             raise bad_value("settings", text, f"steps in 1..{T} (this model's T)")
     return parsed
+
+
+def _guide(value: Any) -> str:
+    """A guide's shape: a listed model's name (looked up by the route) or ``"none"``."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 300:
+        raise bad_value("guide", _short(value), f"the name of a listed ordinary model (GET /api/models) or "
+                                                f"{NO_GUIDE!r}; omit it for the model card's")
+    return NO_GUIDE if value.strip().lower() == NO_GUIDE else value
 
 
 def _contexts(value: Any) -> tuple[str, ...]:

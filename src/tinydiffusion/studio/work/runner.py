@@ -24,7 +24,7 @@ from ..catalog import NotFound
 from . import edits, encode
 from .frames import Frames, rows
 from .jobs import Job, Result
-from .params import MAX_IMAGES, SampleParams, resolve, sampler_options
+from .params import MAX_IMAGES, SampleParams, levers_used, resolve, sampler_options
 
 
 class Runner:
@@ -37,10 +37,19 @@ class Runner:
         for what in self.loading(job.entry):
             job.emit("loading", {"job": job.id, "what": what, "model": job.entry.name})
         pipe = self.pipelines.get(job.entry)
+        if job.guide is not None and not self.pipelines.has(job.guide):
+            job.emit("loading", {"job": job.id, "what": "guide", "model": job.guide.name})
         job.check()
         if job.kind == "edit":
-            return edits.run(job, pipe)
+            return edits.run(job, pipe, self.levers(job, job.params.p))
         return self.compare(job, pipe) if job.kind == "compare" else self.sample(job, pipe)
+
+    def levers(self, job: Job, p: SampleParams) -> dict[str, Any]:
+        """The guidance levers as ``Pipeline.plan`` takes them: the interval given (``None``: the card's), and the
+        guide: the listed model the request named, loaded through the cache, else ``"none"`` or ``None`` (the
+        card's)."""
+        guide = self.pipelines.get(job.guide) if job.guide is not None else p.guide
+        return {"guidance_interval": p.guidance_interval, "guide": guide}
 
     def loading(self, entry) -> list[str]:
         """What a job on ``entry`` loads first: ``"model"`` (not in the cache), ``"text encoder"`` (prompts)."""
@@ -57,18 +66,20 @@ class Runner:
         names, context = rows(pipe, p)
         sampler, steps, guidance = resolve(p, pipe.config)
         plan = pipe.plan(context, n=p.n, seed=p.seed, sampler=sampler, steps=steps, batch_size=MAX_IMAGES,
-                         guidance=guidance, guidance_rescale=p.guidance_rescale, **sampler_options(sampler, p))
+                         guidance=guidance, guidance_rescale=p.guidance_rescale, **self.levers(job, p),
+                         **sampler_options(sampler, p))
         frames = Frames(job, steps, p.n, stream=job.kind == "stream")
         x, seconds = frames.run(partial(pipe.run, plan), plan)
         images = to_uint8(x)  # [N, H, W, 3]
-        metadata = {**p.metadata(), "sampler": sampler, "steps": steps, "guidance": guidance, "rows": names,
+        used = levers_used(p, pipe.config, plan.levers)
+        metadata = {**p.metadata(), "sampler": sampler, "steps": steps, "guidance": guidance, **used, "rows": names,
                     "nfe": frames.evaluations, "seconds": round(seconds, 3), "model_prediction": pipe.prediction,
                     "schedule_used": pipe.schedule.to_dict(), "job": job.id}
         grid = encode.png(images, p.n, text={"tinydiffusion": json.dumps(metadata)})
         arrays = context_arrays(names, context, p.n, pipe.context, len(images))
         job.result = Result(images, arrays["contexts"], arrays.get("labels"), metadata, frames.kept, grid, p.n)
         done = {"job": job.id, "grid": encode.data_url(grid), "seconds": round(seconds, 3), "nfe": frames.evaluations,
-                "sampler": sampler, "steps": steps, "guidance": guidance, "rows": names, "n": p.n,
+                "sampler": sampler, "steps": steps, "guidance": guidance, **used, "rows": names, "n": p.n,
                 "downloads": job.download_urls}
         if job.want_images:
             done["images"] = [encode.data_url(encode.png(image[None], 1)) for image in images]
@@ -79,18 +90,19 @@ class Runner:
         p: SampleParams = job.params
         names, context = rows(pipe, p)
         _, _, guidance = resolve(p, pipe.config)
-        out = []
+        out, levers, used = [], self.levers(job, p), {}
         for k, (sampler, steps) in enumerate(job.settings):
             options = {"eta": p.eta} if sampler == "ddim" and p.eta is not None else {}
             plan = pipe.plan(context, n=p.n, seed=p.seed, sampler=sampler, steps=steps, batch_size=MAX_IMAGES,
-                             guidance=guidance, guidance_rescale=p.guidance_rescale, **options)
+                             guidance=guidance, guidance_rescale=p.guidance_rescale, **levers, **options)
+            used = levers_used(p, pipe.config, plan.levers)
             counter = Frames(job, steps, p.n, stream=False, keep=False,
                              progress={"setting": k, "settings": len(job.settings)})
             x, seconds = counter.run(partial(pipe.run, plan), plan)
             out.append({"setting": f"{sampler}:{steps}", "sampler": sampler, "steps": steps,
                         "seconds": round(seconds, 3), "nfe": counter.evaluations,
                         "grid": encode.data_url(encode.png(to_uint8(x), p.n))})
-        return {"job": job.id, "rows": out, "guidance": guidance, "contexts": names, "n": p.n, "seed": p.seed}
+        return {"job": job.id, "rows": out, "guidance": guidance, **used, "contexts": names, "n": p.n, "seed": p.seed}
 
 
 class Pipelines:
