@@ -41,7 +41,7 @@ def test_shipped_models_have_cards_and_configs():
     for name in ("sprites", "emoji"):
         folder = resources.files("tinydiffusion") / "assets" / "models" / name
         card = (folder / "README.md").read_text()
-        assert "tinydiffusion train" in card and "H200" in card
+        assert "tinydiffusion train" in card and ("H200" in card or "CPU cores" in card)  # how, and on what
         assert json.loads((folder / "config.json").read_text())["shipped_as"] == name
 
 
