@@ -111,5 +111,8 @@ def test_a_refusal_only_rank_0_meets_is_every_ranks(trained, command):
     done = _torchrun(command, model, "--evaluator", str(trained / "ev"), "--data", str(trained / "missing.npz"),
                      "--per-class", "2", *extra, ok=False)
     codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)
-    assert codes and set(codes) == {"2"}, done.stderr[-3000:]
-    assert "missing.npz" in done.stderr
+    # the first rank out exits 2 and torchrun then stops the other with SIGTERM (-15) if it has not exited yet;
+    # that both ranks met the refusal is shown by the message, printed once by each (a rank waiting in a
+    # collective, or one that exited 1, would not print it)
+    assert codes and "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-3000:]
+    assert done.stderr.count("missing.npz' is not allowed") == 2, done.stderr[-3000:]
