@@ -11,7 +11,7 @@ row ``r``; one input or one context serves every row (they broadcast). Each imag
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -20,10 +20,8 @@ from ..core import edit, samplers
 from ..errors import UsageError, bad_value
 from ..vocab import INPAINT_STEPS
 from .card import check_inpaintable
-from .plans import ContextLike, SamplePlan, as_int, batch_bytes, plan, run
+from .plans import ContextLike, Pipeline, SamplePlan, as_int, batch_bytes, plan, run
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 INPAINT_OPTIONS = {"ddpm": ("spacing", "variance", "clip_x0"),  # the sampler options RePaint's steps take
                    "ddim": ("spacing", "eta", "clip_x0")}

@@ -4,7 +4,7 @@ Layout: image ``k`` has context row ``k // n`` and seed ``seeds[k % n]`` and is 
 ``k // batch_size``. Each image has its own generator, whose first draw is its ``x_T``, so an image depends
 on its seed only, never on the batch, and batches can be spread over processes or streamed to disk and still
 give, bit for bit, the images of one call. The functions take a loaded ``Pipeline`` (``pipeline.py``) and
-import it for type checking only: the pipeline calls these, never the other way round.
+never import it: the pipeline calls these, never the other way round.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -25,8 +25,7 @@ from ..vocab import PRECISIONS, UNGUIDED
 from . import card
 from .card import check_distilled
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
+Pipeline = Any  # a loaded ``pipeline.Pipeline``: named here, not imported, since the pipeline imports this module
 
 ContextLike = None | str | Sequence[str] | torch.Tensor
 
