@@ -7,7 +7,8 @@ Rows, every one from the same seeds with the model card's sampler and steps (``e
 ``quality/evaluate.py``):
 - plain classifier-free guidance at the card's scale, everywhere (``guidance_interval=(0, 1)``, no guide);
 - the same scale with each guidance interval (``(t+1)/T`` in ``(lo, hi]``; ``docs/sampling.md``);
-- with ``--guide``: autoguidance at each scale, everywhere and with the first interval.
+- with ``--guide``: autoguidance at each scale, everywhere and with the first interval, and beside classifier-free
+  guidance at the card's scale at each ``--guide-scales`` (``guide_scale``: four evaluations per step).
 
 The network evaluations per image are counted on both networks (the guide's are a second network). A guide is
 the same family trained about 1/16 as long (Karras et al. 2024): the model's own training settings with
@@ -47,6 +48,10 @@ def settings(args, card_scale: float) -> list[tuple[str, dict]]:
                 lo, hi = args.intervals[0]
                 rows.append((f"autoguidance {w:g} on ({lo:g}, {hi:g}]",
                              {"guidance": w, "guidance_interval": (lo, hi), "guide": args.guide}))
+        for w in args.guide_scales:  # the guide beside the unconditional branch: cfg over autoguidance
+            rows.append((f"cfg {card_scale:g} + autoguidance {w:g}", {"guidance": card_scale, "guide_scale": w,
+                                                                     "guidance_interval": EVERYWHERE,
+                                                                     "guide": args.guide}))
     return rows
 
 
@@ -61,6 +66,8 @@ def main() -> None:
                    help="LO,HI pairs; (0.1, 0.75] is the paper's EDM2 sigma interval (0.28, 5.42] on the shipped "
                         "schedule")
     p.add_argument("--scales", type=float, nargs="*", default=[1.5, 2.0, 2.5, 3.0], help="autoguidance scales")
+    p.add_argument("--guide-scales", type=float, nargs="*", default=[2.0],
+                   help="autoguidance scales beside classifier-free guidance at the card's scale (guide_scale)")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/guidance_levers")

@@ -26,7 +26,8 @@ def test_shipped_folders_carry_the_interop_files(name):
     folder = FOLDER / name
     front = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
     assert front["library_name"] == "tinydiffusion" and front["license"] in ("mit", "apache-2.0")
-    assert front["pipeline_tag"] == ("text-to-image" if name == "emoji" else "unconditional-image-generation")
+    text = json.loads((folder / "config.json").read_text())["context"]["kind"] == "text"
+    assert front["pipeline_tag"] == ("text-to-image" if text else "unconditional-image-generation")
     scheduler = json.loads((folder / "scheduler_config.json").read_text())
     assert scheduler["clip_sample"] is False and scheduler["rescale_betas_zero_snr"] is True
     assert scheduler["prediction_type"] == "v_prediction"
@@ -74,7 +75,8 @@ def test_every_shipped_model_exports_in_both_formats_from_the_cli(name, tmp_path
 
     assert main(["export", name, "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
     assert main(["sample", str(tmp_path / "onnx"), "--n", "1", "--out", str(tmp_path / "s.png")]) == 0
-    if name != "emoji" or pytest.importorskip("sentence_transformers", reason="the text extra"):
+    text = json.loads((FOLDER / name / "config.json").read_text())["context"]["kind"] == "text"
+    if not text or pytest.importorskip("sentence_transformers", reason="the text extra"):
         assert main(["export", name, "--format", "web", "--out", str(tmp_path / "web")]) == 0
         page = json.loads((tmp_path / "web" / "model.json").read_text())
         assert page["context"]["names"] and (tmp_path / "web" / "vendor" / "ort-wasm-simd-threaded.wasm").is_file()

@@ -10,7 +10,7 @@ import torch
 from conftest import seeded_generators, shapes
 from tinydiffusion.cli.main import main
 from tinydiffusion.conditioning.spec import ContextSpec
-from tinydiffusion.core.guidance import autoguidance, cfg, in_interval
+from tinydiffusion.core.guidance import autoguidance, autoguided_cfg, cfg, in_interval
 from tinydiffusion.core.samplers import ddpm, dpmpp_2m
 from tinydiffusion.core.schedule import Schedule
 from tinydiffusion.errors import UsageError
@@ -72,6 +72,21 @@ def test_autoguidance_composes_with_cfg_beside_it():
     both = cfg(autoguidance(m, g, 2.0), 3.0)(x, t, c)
     u, k = (autoguidance(m, g, 2.0)(x, t, ctx) for ctx in (torch.zeros_like(c), c))
     assert torch.allclose(both, u + 3.0 * (k - u), atol=1e-12)
+
+
+def test_the_guide_beside_the_unconditional_branch_is_cfg_over_autoguidance():
+    m, g, x, c = _affine(0), _affine(1), _x(), _c()
+    t = torch.tensor([5] * 4)
+    both = autoguided_cfg(m, g, 3.0, 2.0)
+    assert torch.equal(both(x, t, c), cfg(autoguidance(m, g, 2.0), 3.0)(x, t, c))
+    assert torch.equal(autoguided_cfg(m, m, 3.0, 2.0)(x, t, c), cfg(m, 3.0)(x, t, c))  # the model as its own guide
+    guide_calls = []
+    assert torch.equal(autoguided_cfg(m, _affine(1, guide_calls), 3.0, 1.0)(x, t, c), cfg(m, 3.0)(x, t, c))
+    assert guide_calls == []  # guide scale 1: the guide is never run
+    assert both.evaluations(5) == 4 and autoguided_cfg(m, g, 1.0, 2.0).evaluations(5) == 2
+    inside = autoguided_cfg(m, g, 3.0, 2.0, interval=(0.5, 1.0), T=T)
+    assert inside.evaluations(T - 1) == 4 and inside.evaluations(3) == 1
+    assert torch.equal(inside(x, torch.tensor([3] * 4), c), m(x, torch.tensor([3] * 4), c))  # outside: the model
 
 
 def test_the_interval_is_a_share_of_the_diffusion_time():
@@ -175,6 +190,25 @@ def test_pipeline_autoguidance_counts_both_networks(pair):
     assert seen[1:] == [10, 10] and pipe.plan("none", guide=weak).note is None
 
 
+def test_pipeline_guide_scale_puts_the_guide_beside_cfg(pair):
+    pipe, weak = pair
+    with counting_evaluations(pipe.model, weak.model) as seen:
+        both = pipe.sample(["a", "b"], n=2, guide=weak, guide_scale=2.0)
+    assert seen == [5 * 4 * 4, 5 * 4 * 2, 5 * 4 * 2]  # per step and image: both networks on both halves
+    plan = pipe.plan(["a", "b"], n=2, guide=weak, guide_scale=2.0)
+    assert plan.evaluations([39, 31, 23, 15, 7]) == 20 and plan.levers["guide_scale"] == 2.0
+    assert torch.equal(pipe.sample(["a", "b"], n=2, guide=pipe, guide_scale=2.0), pipe.sample(["a", "b"], n=2))
+    assert not torch.equal(both, pipe.sample(["a", "b"], n=2)) and not torch.equal(both, pipe.sample(
+        ["a", "b"], n=2, guide=weak))
+    with counting_evaluations(pipe.model, weak.model) as seen:  # the null context: autoguidance alone, said
+        pipe.sample("none", n=2, guide=weak, guide_scale=2.0)
+    assert seen[1:] == [10, 10] and "skipped" in pipe.plan("none", guide=weak, guide_scale=2.0).note
+    with pytest.raises(UsageError, match="guide_scale=2.*give guide"):
+        pipe.sample(["a"], guide_scale=2.0)
+    with pytest.raises(UsageError, match="guide_scale"):
+        pipe.sample(["a"], guide=weak, guide_scale=-1)
+
+
 def test_pipeline_with_itself_as_guide_is_unguided_sampling(pair):
     pipe, _ = pair
     assert torch.equal(pipe.sample(["a", "b"], n=2, guide=pipe), pipe.sample(["a", "b"], n=2, guidance=1.0))
@@ -192,7 +226,7 @@ def test_pipeline_interval_given_and_from_the_card(pair):
     with counting_evaluations(pipe.model) as seen:  # grid (t+1)/T = 1, .8, .6, .4, .2: three inside (0.3, 0.9]
         pipe.sample(["a"], n=1, guidance_interval=(0.3, 0.9))
     assert seen[0] == 3 * 2 + 2 and pipe.plan(["a"], guidance_interval=(0.3, 0.9)).levers == {
-        "guidance_interval": [0.3, 0.9], "guide": None}
+        "guidance_interval": [0.3, 0.9], "guide": None, "guide_scale": None}
 
 
 def test_edits_count_the_interval_honestly(pair):
@@ -288,6 +322,28 @@ def test_the_sample_command_takes_and_reports_the_levers(carded_folder, tmp_path
         SampleConfig("m", guidance_interval=(0.1,))
     with pytest.raises(UsageError, match="guide"):
         SampleConfig("m", guide=" ")
+
+
+def test_guide_scale_from_the_command_line_and_the_card(carded_folder, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(carded_folder), "--context", "a", "--n", "2", "--guide-scale", "2",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "at 2, beside classifier-free guidance" in text  # (t+1)/T in (0.3, 0.9]: 3 of 5 steps guided
+    assert "14 network evaluations each (6 of them the guide's)" in text
+    assert json.loads(str(np.load(out)["metadata"]))["guide_scale"] == 2.0
+    assert main(["sample", str(carded_folder), "--guide", "none", "--guide-scale", "2", "--out", str(out)]) == 2
+    assert "guide_scale=2" in capsys.readouterr().err
+    card = json.loads((carded_folder / "config.json").read_text())
+    card["recommended"]["guide_scale"] = 1.5
+    (carded_folder / "config.json").write_text(json.dumps(card))
+    pipe = load(carded_folder)
+    assert pipe.recommended["guide_scale"] == 1.5 and pipe.plan(["a"]).levers["guide_scale"] == 1.5
+    assert pipe.plan(["a"], guide="none").levers["guide_scale"] is None  # no guide: no scale
+    with pytest.raises(UsageError, match="recommended.guide_scale"):
+        check_config({**card, "recommended": {**card["recommended"], "guide_scale": -1}}, "x")
+    with pytest.raises(UsageError, match="guide_scale"):
+        SampleConfig("m", guide_scale=float("nan"))
 
 
 def test_eval_and_compare_take_the_levers_from_the_card(carded_folder, tmp_path):

@@ -38,10 +38,11 @@ def test_shipped_emoji_model_samples_from_a_prompt(tmp_path):
 def test_shipped_models_have_cards_and_configs():
     from importlib import resources
 
-    for name in ("sprites", "emoji"):
+    for name, made_by in (("sprites", "train"), ("emoji", "train"), ("sprites-fast", "distill"),
+                          ("sprites-instant", "distill"), ("emoji-fast", "distill")):
         folder = resources.files("tinydiffusion") / "assets" / "models" / name
         card = (folder / "README.md").read_text()
-        assert "tinydiffusion train" in card and ("H200" in card or "CPU cores" in card)  # how, and on what
+        assert f"tinydiffusion {made_by}" in card and ("H200" in card or "CPU cores" in card)  # how, and on what
         assert json.loads((folder / "config.json").read_text())["shipped_as"] == name
 
 
@@ -71,3 +72,19 @@ def test_shipped_students_are_distilled_sprites_and_refuse_other_settings():
         assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
         with pytest.raises(UsageError, match="distilled"):
             pipe.sample(["hero"], sampler="dpmpp_2m")
+
+
+def test_shipped_text_student_samples_prompts_in_four_evaluations(tmp_path):
+    """emoji-fast: the emoji network distilled to 4 evaluations, prompts in, its own settings only."""
+    pytest.importorskip("sentence_transformers", reason="the 'text' extra is not installed")
+    from tinydiffusion.errors import UsageError
+
+    pipe, teacher = load("emoji-fast"), load("emoji")
+    assert pipe.distilled["steps"] == [4] and pipe.recommended == {"sampler": "ddim", "steps": 4, "guidance": 3.0}
+    assert pipe.config["model"] == teacher.config["model"] and pipe.config["context"] == teacher.config["context"]
+    x = pipe.sample(["a cute cat"], n=2)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+    with pytest.raises(UsageError, match="distilled"):
+        pipe.sample(["a cute cat"], steps=10)
+    out = tmp_path / "cat.png"
+    assert main(["sample", "emoji-fast", "--prompt", "a cute cat", "--n", "1", "--out", str(out)]) == 0

@@ -91,11 +91,22 @@ def test_guidance_levers_steer_generate_and_are_refused_by_name(page):
     page.screenshot(path=str(page.shots / "levers.png"), full_page=True)
     meta = json.loads(str(npz["metadata"]))
     assert meta["guide"] == guide and meta["guidance_interval"] == [0.5, 1.0]
+    # the guide beside the unconditional branch: 4 evaluations per guided step (nfe - 4 of the 4 steps) instead of 2
+    page.get_by_test_id("guide-scale").fill("2")
+    page.get_by_test_id("generate").click()
+    guided = nfe - 4
+    expect(page.get_by_test_id("stat-nfe")).to_have_text(str(4 * guided + (4 - guided)), timeout=30_000)
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    page.get_by_test_id("guide").select_option("none")  # a scale without a guide: the server names guide_scale
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("error")).to_contain_text("guide_scale=2")
+    expect(page.get_by_test_id("guide-scale")).to_have_attribute("aria-invalid", "true")
+    page.get_by_test_id("guide-scale").fill("")
     # a student: the levers are off, like its guidance
     student = next(v for v in page.get_by_test_id("model-select").locator("option").evaluate_all(
         "os => os.map(o => o.value)") if v.endswith("/tiny-student"))
     page.get_by_test_id("model-select").select_option(student)
-    for field in ("guidance-lo", "guidance-hi", "guide", "guidance"):
+    for field in ("guidance-lo", "guidance-hi", "guide", "guide-scale", "guidance"):
         expect(page.get_by_test_id(field)).to_be_disabled()
 
 

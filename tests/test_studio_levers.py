@@ -84,6 +84,18 @@ def test_a_listed_guide_is_used_and_recorded(client):
     assert both["nfe"] == UPPER_HALF and both["guide"] == "runs/tiny"
 
 
+def test_a_guide_scale_puts_the_guide_beside_guidance(client):
+    body = sample(client, guide="runs/tiny", guide_scale=2).json()
+    assert body["guide_scale"] == 2.0 and body["nfe"] == 2 * EVERYWHERE  # both networks on both halves
+    assert body["images"] == sample(client).json()["images"]  # a guide of the same weights: plain guidance
+    meta = json.loads(str(np.load(io.BytesIO(client.get(body["downloads"]["npz"]).content))["metadata"]))
+    assert meta["guide_scale"] == 2.0
+    r = sample(client, guide_scale=2)  # no guide: refused by name before any work
+    assert r.status_code == 422 and "guide_scale=2" in r.json()["error"]
+    r = sample(client, guide="runs/tiny", guide_scale="2")
+    assert r.status_code == 422 and "guide_scale='2'" in r.json()["error"]
+
+
 def test_the_card_levers_are_listed_used_and_switched_off(client):
     card = client.get("/api/models/carded").json()
     assert card["defaults"]["guidance_interval"] == [0.5, 1.0]
@@ -140,4 +152,4 @@ def test_compare_and_edit_take_the_levers(client):
 def test_the_openapi_description_names_the_levers(client):
     spec = client.get("/openapi.json").json()
     props = spec["paths"]["/api/sample"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert {"guidance_interval", "guide"} <= set(props)
+    assert {"guidance_interval", "guide", "guide_scale"} <= set(props)

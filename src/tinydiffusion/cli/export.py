@@ -13,7 +13,7 @@ def add_export(commands) -> None:
                                         "onnxruntime-web, served by any static file server). Both check the graph "
                                         "against PyTorch first and need the 'onnx' extra; web fetches "
                                         "onnxruntime-web once with npm.")
-    p.add_argument("model", help="a shipped model (sprites, emoji, sprites-fast, sprites-instant) or a model folder")
+    p.add_argument("model", help="a shipped model (sprites, emoji, sprites-fast, sprites-instant, emoji-fast) or a model folder")
     p.add_argument("--format", default="onnx", help="onnx (default) or web")
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if a previous export is there")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..vocab import FINETUNE_METHODS, FINETUNE_MINUTES, PRECISIONS
-from .types import DEVICE_HELP, EXIT_INTERRUPTED, finite_float, given
+from .types import EXIT_INTERRUPTED, add_run_options, finite_float, given
 
 
 def add_finetune(commands) -> None:
@@ -47,14 +47,9 @@ def add_finetune(commands) -> None:
     p.add_argument("--checkpoint-every", type=int, help="save the training state every N steps (default 100)")
     p.add_argument("--report-samples", type=int, help="samples per class the report scores (default 50; 0: none)")
     p.add_argument("--evaluator", help="the domain evaluator of the report (default: sprites)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=("auto", *PRECISIONS), help="auto (default): bf16 where the CPU or GPU runs "
                                                                       "it natively, else fp32")
-    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
-                   help="continue the fine-tune in --out where it stopped")
-    p.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start anew")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    add_run_options(p, "fine-tune")
     p.set_defaults(handler=_finetune)
     c = commands.add_parser("compose", help="use several fine-tunes of one base together, each with a weight",
                             description="Write one adapter folder OUT from adapter folders made on the same base "

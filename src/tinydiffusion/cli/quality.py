@@ -46,6 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="guide only where (t+1)/T is in (LO, HI]; 0,1 = everywhere (default: the model card's)")
     p.add_argument("--guide", metavar="MODEL", help="autoguidance by this weaker model; 'none': none (default: the "
                                                     "model card's)")
+    p.add_argument("--guide-scale", type=finite_float, metavar="W",
+                   help="with --guide: autoguidance at W beside classifier-free guidance at --guidance (default: the "
+                        "model card's, else the guide replaces the unconditional branch)")
     p.add_argument("--seed", type=int, help="first seed (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 128)")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -63,7 +66,8 @@ def _eval(args) -> int:
     if "prompt_following" in r:
         return _prompt_report(r)
     levers = (f", on (t+1)/T in ({s['guidance_interval'][0]:g}, {s['guidance_interval'][1]:g}]"
-              if s.get("guidance_interval") else "") + (f", autoguided by {s['guide']}" if s.get("guide") else "")
+              if s.get("guidance_interval") else "") + (f", autoguided by {s['guide']}" if s.get("guide") else "") + \
+        (f" at {s['guide_scale']:g} beside it" if s.get("guide") and s.get("guide_scale") is not None else "")
     print(f"{r['samples']} samples ({s['per_class']} per class) with {s['sampler']}, {s['steps']} steps, guidance "
           f"{s['guidance']}{levers}, {s['precision']}: {r['seconds']:.1f} s ({r['images_per_second']:.1f} images/s)")
     print(f"  FD-domain             {r['fd_domain']:.3f} ± {r['fd_domain_bootstrap_std']:.3f} (bootstrap std)")

@@ -37,6 +37,10 @@ def add_sample(commands) -> None:
                    help="autoguidance: guide with this weaker model (the same recipe trained shorter, a smaller "
                         "preset; same data, size and schedule) instead of the unconditional branch; --guidance is "
                         "then its scale; 'none' turns a model card's guide off (default: the card's, else none)")
+    p.add_argument("--guide-scale", type=finite_float, metavar="W",
+                   help="with --guide: the guide stands beside the unconditional branch instead, autoguidance at W "
+                        "under classifier-free guidance at --guidance (four evaluations per step, two of them the "
+                        "guide's; default: the card's, else none)")
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
     p.add_argument("--prediction", choices=PREDICTIONS,
                    help="refuse the model unless it was trained for this target")
@@ -178,9 +182,10 @@ def _interpolate(args) -> int:
 
 def _levers(used: dict) -> dict:
     """What the guidance levers used read as, by setting."""
-    interval, guide = used.get("guidance_interval"), used.get("guide")
+    interval, guide, scale = used.get("guidance_interval"), used.get("guide"), used.get("guide_scale")
+    beside = f" at {scale:g}, beside classifier-free guidance" if scale is not None else ""
     return {**({"guidance_interval": f"guided only where (t+1)/T is in ({interval[0]:g}, {interval[1]:g}]"}
-               if interval else {}), **({"guide": f"autoguidance by {guide}"} if guide else {})}
+               if interval else {}), **({"guide": f"autoguidance by {guide}{beside}"} if guide else {})}
 
 
 # ---------------------------------------------------------------------- shared

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..vocab import CONTEXT_KINDS, DISTILL_METHODS, PRECISIONS, PREDICTIONS, SCHEDULES
-from .types import DEVICE_HELP, EXIT_INTERRUPTED, finite_float, given, name_list, reports
+from .types import EXIT_INTERRUPTED, add_run_options, finite_float, given, name_list, reports
 
 
 # ---------------------------------------------------------------------- train
@@ -18,11 +18,6 @@ def add_train(commands) -> None:
                             description="Train a diffusion model. Everything of a run goes under --out; the EMA "
                                         "model is exported to OUT/model at the end (or on Ctrl-C).")
     p.add_argument("--out", default="runs/train", help="run folder (default: runs/train)")
-    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
-                   help="continue the run in --out exactly where it stopped; '--resume auto' starts a fresh run "
-                        "when there is no state yet (for torchrun --max-restarts)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="if --out already holds a run, move it aside (to OUT.old-<time>) and start a new one")
     _data_options(p.add_argument_group("data"))
     _model_options(p.add_argument_group("model"))
     _optimisation_options(p.add_argument_group("optimisation"))
@@ -92,10 +87,9 @@ def _run_options(g) -> None:
     g.add_argument("--nonfinite-limit", type=int, help="stop after N consecutive steps with a non-finite loss or "
                                                        "gradient (each is skipped; default 10)")
     g.add_argument("--log-every", type=int, help="metrics.csv row every N steps (default 25)")
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
-    g.add_argument("--device", help=DEVICE_HELP)
     g.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts the network (default fp32)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    add_run_options(g, "run", "continue the run in --out exactly where it stopped; '--resume auto' starts a fresh "
+                              "run when there is no state yet (for torchrun --max-restarts)")
 
 
 def _train(args) -> int:
@@ -145,13 +139,8 @@ def add_distill(commands) -> None:
     p.add_argument("--batch-size", type=int, help="images per optimizer step (default 64)")
     p.add_argument("--lr", type=finite_float, help="peak AdamW learning rate (default 3e-4)")
     p.add_argument("--ema-decay", type=finite_float, help="EMA decay of the exported student (default 0.995)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts teacher and student (default fp32)")
-    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
-                   help="continue the distillation in --out where it stopped")
-    p.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start anew")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    add_run_options(p, "distillation")
     p.set_defaults(handler=_distill)
 
 

@@ -23,6 +23,18 @@ def given(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def add_run_options(p, what: str, resume_help: str | None = None) -> None:
+    """The options of every command that writes a resumable run folder (train, distill, finetune): --seed,
+    --device, --resume, --overwrite and --no-progress, spelled and defaulted alike."""
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
+                   help=resume_help or f"continue the {what} in --out where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out already holds a run, move it aside (to OUT.old-<time>) and start a new one")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+
+
 def reports() -> bool:
     """Under torchrun the ranks share the work and the first one reports."""
     return os.environ.get("RANK", "0") == "0"

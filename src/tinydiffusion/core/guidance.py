@@ -15,8 +15,11 @@
   ``(a, a)`` nowhere. ``T`` (the schedule's step count) is required with an interval.
 
 The combinations are affine, so they are the same whether the network predicts eps, x0 or v. Autoguidance
-replaces the unconditional branch; both together compose as closures: ``cfg(autoguidance(m, g, w_a), w_c)``
-(four evaluations per step: both networks on both halves). Each closure carries ``evaluations(t)``, the
+replaces the unconditional branch; ``autoguided_cfg(model, guide, scale, guide_scale)`` puts it beside the
+unconditional branch instead: ``cfg(autoguidance(m, g, guide_scale), scale)``, four evaluations per step (both
+networks on both halves, two of them the guide's). Classifier-free guidance pushes toward the context and
+costs diversity; autoguidance restores quality without narrowing, so the two together reach a class accuracy
+at a lower FD than either (docs/sampling.md has the measurement). Each closure carries ``evaluations(t)``, the
 network evaluations it makes per image at the integer step ``t``.
 """
 
@@ -75,6 +78,23 @@ def autoguidance(model, guide, scale: float, rescale: float = 0.0, interval: tup
         return _where(mask, _combine(out_g, out_m, scale, rescale), out_m)
 
     return _shaped(guided, model, scale, inside)
+
+
+def autoguided_cfg(model, guide, scale: float, guide_scale: float, rescale: float = 0.0,
+                   interval: tuple[float, float] | None = None, T: int | None = None):
+    """Classifier-free guidance (``scale``) over autoguidance (``guide_scale``): the guide beside the unconditional
+    branch, ``cfg(autoguidance(model, guide, guide_scale), scale)``; ``interval`` limits both. ``guide = model``
+    is classifier-free guidance itself, bit for bit; ``guide_scale = 1`` too (the guide is not run)."""
+    inner = autoguidance(model, guide, guide_scale, 0.0, interval, T)
+    outer = cfg(inner, scale, rescale, interval, T)
+
+    halves = outer.evaluations
+
+    def evaluations(t: int) -> int:  # each guided half runs the inner closure, the guide beside the model
+        return halves(t) * inner.evaluations(t)
+
+    outer.evaluations = evaluations
+    return outer
 
 
 def in_interval(t: torch.Tensor, interval: tuple[float, float], T: int) -> torch.Tensor:

@@ -42,6 +42,7 @@ class CompareConfig:
     guidance: float | None = None  # None: the model card's; a student always samples with its own
     guidance_interval: tuple[float, float] | None = None  # None: the card's (students: none)
     guide: str | None = None  # autoguidance's guide model; None: the card's; "none": none (students: none)
+    guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
     students: tuple[str, ...] = ()  # distilled students (model or distill folders) added at their step counts
     seed: int = 1000
     batch_size: int = 128
@@ -103,7 +104,7 @@ def _compare(config: CompareConfig, info: DistInfo) -> list[dict]:
             raise bad_value("settings", f"{name}:{steps}", f"STEPS in 1..{pipe.schedule.T} (the model's T)")
         plan = pipe.plan(names, n=config.per_class, seed=config.seed, sampler=name, steps=steps,
                          guidance=config.guidance, guidance_interval=config.guidance_interval, guide=config.guide,
-                         batch_size=config.batch_size, precision=config.precision)
+                         guide_scale=config.guide_scale, batch_size=config.batch_size, precision=config.precision)
         entries.append((f"{name}:{steps}", name, pipe, plan))
     for path in student_models(config.students):
         student = load(path, device=info.device)

@@ -49,6 +49,7 @@ class EvalConfig:
     guidance: float | None = None
     guidance_interval: tuple[float, float] | None = None  # None: the model card's (else everywhere)
     guide: str | None = None  # autoguidance's guide model; None: the model card's; "none": none
+    guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
@@ -88,6 +89,8 @@ def check_sampling_settings(config) -> None:
         checks.guidance_interval(config.guidance_interval)
     if config.guide is not None and (not isinstance(config.guide, (str, Path)) or not str(config.guide).strip()):
         raise bad_value("guide", config.guide, "a model folder or a shipped name ('none': no guide), or None")
+    if config.guide_scale is not None:
+        checks.guidance(config.guide_scale, "guide_scale")
     checks.integer("batch_size", config.batch_size, low=1, allowed="a positive number of images per forward pass")
     checks.choice("precision", config.precision, PRECISIONS)
     if not isinstance(config.device, str):
@@ -179,7 +182,7 @@ def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluato
     sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
     plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=sampler,
                      steps=steps, guidance=guidance, guidance_interval=config.guidance_interval, guide=config.guide,
-                     batch_size=config.batch_size, precision=config.precision)
+                     guide_scale=config.guide_scale, batch_size=config.batch_size, precision=config.precision)
     check_memory(pipe, plan, ev, config.per_class, info)
     found: list[RealReference] = []  # rank 0 reads the real data; a refusal there is every rank's (all exit 2)
     agree(lambda: found.append(real_reference(ev, data, pipe.image_size)), info)
@@ -210,7 +213,8 @@ def _evaluate_prompts(config: EvalConfig, pipe: Pipeline, ev: Evaluator, data: s
     t0 = time.perf_counter()
     found = prompt_following(pipe, ev, data, info, per_prompt=config.per_prompt, seed=config.seed, sampler=sampler,
                              steps=steps, guidance=guidance, guidance_interval=config.guidance_interval,
-                             guide=config.guide, batch_size=config.batch_size, precision=config.precision)
+                             guide=config.guide, guide_scale=config.guide_scale, batch_size=config.batch_size,
+                             precision=config.precision)
     report = None
     if info.is_main:
         seconds = time.perf_counter() - t0

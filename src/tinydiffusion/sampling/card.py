@@ -7,7 +7,9 @@ steps left out come from the card when the sampler is the card's (given or not),
 own default (``vocab.DEFAULT_STEPS``). A model exported without a card recommends the textbook DDPM over
 all ``T`` steps, unguided. The guidance levers resolve the same way: a guidance interval (``interval``) and an
 autoguidance guide (``guide``) given win, else the card's (``recommended.guidance_interval``, ``.guide``);
-``(0, 1)`` and ``"none"`` switch a card's off. With a guide, ``guidance`` is autoguidance's scale.
+``(0, 1)`` and ``"none"`` switch a card's off. With a guide, ``guidance`` is autoguidance's scale, unless a
+``guide_scale`` is given or carded: then the guide stands beside the unconditional branch, autoguidance at
+``guide_scale`` under classifier-free guidance at ``guidance`` (``core/guidance.py``, ``autoguided_cfg``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ TRAINED_SAMPLER, TRAINED_STEPS, TRAINED_GUIDANCE = "dpmpp_2m", 10, 3.0  # what t
 
 
 def recommended(config: dict[str, Any]) -> dict[str, Any]:
-    """The card's ``{"sampler", "steps", "guidance"}`` (and ``guidance_interval``, ``guide`` where it has them);
+    """The card's ``{"sampler", "steps", "guidance"}`` (and ``guidance_interval``, ``guide``, ``guide_scale`` where
+    it has them);
     DDPM over all T, unguided, when the model has none."""
     card = config.get("recommended") or {}
     return {"sampler": card.get("sampler", "ddpm"), "steps": card.get("steps"),
             "guidance": float(card.get("guidance", UNGUIDED)),
-            **{key: card[key] for key in ("guidance_interval", "guide") if key in card}}
+            **{key: card[key] for key in ("guidance_interval", "guide", "guide_scale") if key in card}}
 
 
 def resolve(config: dict[str, Any], sampler: str | None = None, steps: int | None = None,
@@ -67,6 +70,20 @@ def guide(config: dict[str, Any], given: Any = None) -> tuple[Any, bool]:
         if str(given).strip().lower() == NO_GUIDE:
             return None, False
     return given, carded and given is not None
+
+
+def guide_scale(config: dict[str, Any], given: Any = None, guide: Any = None) -> float | None:
+    """Autoguidance's own scale when the guide stands beside the unconditional branch: ``given`` wins, else the
+    card's ``recommended.guide_scale``; ``None``: the guide replaces the unconditional branch (``guidance`` is then
+    its scale). Refused without a ``guide`` (as resolved by ``guide``) when given: it scales the guide's pull."""
+    if given is None:
+        value = recommended(config).get("guide_scale")
+        return None if value is None or guide is None else checks.guidance(value, "guide_scale")
+    value = checks.guidance(given, "guide_scale")
+    if guide is None:
+        raise bad_value("guide_scale", given, "a scale for an autoguidance guide: give guide (--guide MODEL) too, "
+                                              "or leave guide_scale out")
+    return value
 
 
 def check_guide(config: dict[str, Any], guide_config: dict[str, Any], where: str) -> None:

@@ -48,6 +48,7 @@ class SampleConfig:
     guidance_rescale: float = 0.0
     guidance_interval: tuple[float, float] | None = None  # guided where (t+1)/T is in (lo, hi]; None: the card's
     guide: str | None = None  # autoguidance: a weaker model folder or shipped name ("none": none); None: the card's
+    guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
     prediction: str | None = None  # expectations checked against the model (never overrides)
     schedule: str | None = None
     contexts: tuple[str, ...] = ()  # class names, mixtures or prompts; empty: every class (or the examples)
@@ -69,6 +70,8 @@ class SampleConfig:
             checks.guidance_interval(self.guidance_interval)
         if self.guide is not None and (not isinstance(self.guide, str) or not self.guide.strip()):
             raise bad_value("guide", self.guide, "a model folder or a shipped name (or 'none': no guide)")
+        if self.guide_scale is not None:
+            checks.guidance(self.guide_scale, "guide_scale")
         for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES)):
             if getattr(self, key) is not None:
                 checks.choice(key, getattr(self, key), allowed)
@@ -151,8 +154,8 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     rows, context = _rows(pipe, config)
     plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=sampler, steps=steps, batch_size=config.batch_size,
                      guidance=guidance, guidance_rescale=config.guidance_rescale,
-                     guidance_interval=config.guidance_interval, guide=config.guide, precision=config.precision,
-                     **config.options())
+                     guidance_interval=config.guidance_interval, guide=config.guide, guide_scale=config.guide_scale,
+                     precision=config.precision, **config.options())
     settings |= plan.levers  # the guidance interval and guide asked for (the card's where not given)
     folder = Path(config.out).suffix == ""
     _check_size(pipe, plan, config, folder, info)

@@ -123,8 +123,8 @@ class Pipeline:
                sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
                guidance: float | None = None, guidance_rescale: float = 0.0,
                guidance_interval: tuple[float, float] | None = None, guide: "Pipeline | str | Path | None" = None,
-               precision: str = "fp32", callback: Callable | None = None, raw: bool = False,
-               **options: Any) -> torch.Tensor:
+               guide_scale: float | None = None, precision: str = "fp32", callback: Callable | None = None,
+               raw: bool = False, **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         The sampler's final ``x0`` is clipped to the data's range ``[-1, 1]`` (as every file output is);
@@ -136,13 +136,16 @@ class Pipeline:
         ``guidance_interval=(lo, hi)`` guides only where ``(t + 1) / T`` is in ``(lo, hi]`` (1: the noisiest step;
         ``(0, 1)`` everywhere), one evaluation per step outside it. ``guide`` (a Pipeline, a model folder or a
         shipped name; ``"none"``: none) is autoguidance: the weaker guide takes the unconditional branch's place and
-        ``guidance`` is its scale (two networks per guided step). ``sampler``, ``steps``, ``guidance``,
-        ``guidance_interval`` and ``guide`` left at ``None`` come from the model card (``recommended``).
+        ``guidance`` is its scale (two networks per guided step); with ``guide_scale`` the guide stands beside the
+        unconditional branch instead: autoguidance at ``guide_scale`` under classifier-free guidance at ``guidance``
+        (four evaluations per guided step, two of them the guide's). ``sampler``, ``steps``, ``guidance``,
+        ``guidance_interval``, ``guide`` and ``guide_scale`` left at ``None`` come from the model card
+        (``recommended``).
         Every argument is checked, and the memory the result needs estimated, before any work.
         """
         job = self.plan(context, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, batch_size=batch_size,
                         guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
-                        guide=guide, precision=precision, **options)
+                        guide=guide, guide_scale=guide_scale, precision=precision, **options)
         checks.memory("n" if seeds is None else "seeds", n if seeds is None else f"{len(job.seeds)} seeds",
                       job.count * job.image_bytes + plans.batch_bytes(self, job),
                       f"{job.count} float32 images plus a network batch")
@@ -199,7 +202,7 @@ def _images(x: torch.Tensor, raw: bool) -> torch.Tensor:
     return x if raw else x.clamp_(-1.0, 1.0)
 
 
-SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant")  # the last two: distilled students of sprites
+SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant", "emoji-fast")  # the last three: distilled students
 
 
 def resolve_model(path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .. import checks
-from ..core.guidance import autoguidance, cfg
+from ..core.guidance import autoguidance, autoguided_cfg, cfg
 from ..core.samplers import get_sampler
 from ..errors import bad_value
 from ..runtime.dist import autocast
@@ -76,12 +76,14 @@ class SamplePlan:
 def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int = 0,
          seeds: Sequence[int] | None = None, sampler: str | None = None, steps: int | None = None,
          batch_size: int = 64, guidance: float | None = None, guidance_rescale: float = 0.0,
-         guidance_interval: Any = None, guide: Any = None, precision: str = "fp32", **options: Any) -> SamplePlan:
+         guidance_interval: Any = None, guide: Any = None, guide_scale: float | None = None,
+         precision: str = "fp32", **options: Any) -> SamplePlan:
     """The arguments of ``Pipeline.sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet;
-    ``sampler``, ``steps``, ``guidance``, ``guidance_interval`` and ``guide`` left at ``None`` come from the model
-    card (``card.resolve``, ``card.interval``, ``card.guide``)."""
+    ``sampler``, ``steps``, ``guidance``, ``guidance_interval``, ``guide`` and ``guide_scale`` left at ``None`` come
+    from the model card (``card.resolve``, ``card.interval``, ``card.guide``, ``card.guide_scale``)."""
     sampler, steps, guidance = pipe.resolve(sampler, as_int(steps), guidance)
     interval, (guide, carded) = card.interval(pipe.config, guidance_interval), card.guide(pipe.config, guide)
+    guide_scale = card.guide_scale(pipe.config, guide_scale, guide)
     rows = pipe.contexts(context)
     if seeds is None:
         n = checks.integer("n", as_int(n), low=1)
@@ -99,26 +101,40 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
         pipe.schedule.timesteps(steps, options.get("spacing", "trailing"))  # 1 <= steps <= T
     check_distilled(pipe.distilled, sampler, steps, guidance, guidance_rescale, options, interval=interval,
                     guide=guide)
-    guide = pipe.load_guide(guide, carded) if guide is not None and (guidance != UNGUIDED or not carded) else None
-    model, note = _guided(pipe, rows, guidance, guidance_rescale, interval, guide)
+    pulls = guidance != UNGUIDED or guide_scale not in (None, UNGUIDED)
+    guide = pipe.load_guide(guide, carded) if guide is not None and (pulls or not carded) else None
+    model, note = _guided(pipe, rows, guidance, guidance_rescale, interval, guide, guide_scale)
     shape = (int(pipe.config["model"]["channels"]), pipe.image_size, pipe.image_size)
     levers = {"guidance_interval": None if interval is None else list(interval),
-              "guide": None if guide is None else str(guide.path or "a loaded Pipeline")}
+              "guide": None if guide is None else str(guide.path or "a loaded Pipeline"),
+              "guide_scale": None if guide is None else guide_scale}
     return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape,
                       model is not pipe.model, note, guide.model if guide is not None and model is not pipe.model
                       else None, levers)
 
 
 def _guided(pipe: "Pipeline", rows: torch.Tensor | None, guidance: float, rescale: float,
-            interval: tuple[float, float] | None, guide: "Pipeline | None") -> tuple[Callable, str | None]:
-    """``(the model or its guidance closure, a note)``: autoguidance with a guide, else classifier-free guidance,
-    which is skipped (and said) when every row is the null context; a student has its guidance inside."""
+            interval: tuple[float, float] | None, guide: "Pipeline | None",
+            guide_scale: float | None = None) -> tuple[Callable, str | None]:
+    """``(the model or its guidance closure, a note)``: autoguidance with a guide (beside classifier-free guidance
+    with a ``guide_scale``), else classifier-free guidance, which is skipped (and said) when every row is the null
+    context; a student has its guidance inside."""
     asked = not pipe.distilled and (guidance != UNGUIDED or rescale != 0.0)
+    null = rows is None or not bool(rows.any())
+    if guide is not None and guide_scale is not None:
+        if guide_scale == UNGUIDED and not asked:
+            return pipe.model, f"guide {guide.path} unused: guidance 1 and guide scale 1 are the model alone"
+        if null or not asked:  # no classifier-free half to add: autoguidance alone, at its own scale
+            note = (f"guidance {guidance:g} skipped: the context is the null (unconditional) one" if null and asked
+                    else None)
+            return autoguidance(pipe.model, guide.model, guide_scale, rescale, interval, pipe.schedule.T), note
+        return autoguided_cfg(pipe.model, guide.model, guidance, guide_scale, rescale, interval,
+                              pipe.schedule.T), None
     if guide is not None:
         if guidance == UNGUIDED:
             return pipe.model, f"guide {guide.path} unused: guidance 1 is the model alone"
         return autoguidance(pipe.model, guide.model, guidance, rescale, interval, pipe.schedule.T), None
-    if asked and (rows is None or not bool(rows.any())):  # only the null context: both halves would be one call
+    if asked and null:  # only the null context: both halves would be one call
         return pipe.model, (f"guidance {guidance:g} skipped: the context is the null (unconditional) one, where the "
                             f"guided and unguided predictions are the same network call")
     return (cfg(pipe.model, guidance, rescale, interval, pipe.schedule.T), None) if asked else (pipe.model, None)

@@ -67,9 +67,10 @@ CONTEXT: Section = {
 RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pipeline.sample and the studio use
     "sampler": (True, one_of(*SAMPLERS)),
     "steps": (True, whole(1, MAX_T)),
-    "guidance": (True, number(0, MAX_GUIDANCE)),  # with a guide: autoguidance's scale
+    "guidance": (True, number(0, MAX_GUIDANCE)),  # with a guide (and no guide_scale): autoguidance's scale
     "guidance_interval": (False, lambda name, value: list(guidance_interval(value, name))),  # (lo, hi] of (t+1)/T
     "guide": (False, text),  # autoguidance's guide: a model folder relative to this one's, or a shipped name
+    "guide_scale": (False, number(0, MAX_GUIDANCE)),  # the guide beside classifier-free guidance, at this scale
 }
 DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled for, which sample enforces
     "method": (True, one_of(*DISTILL_METHODS)),

@@ -28,7 +28,7 @@ def card(entry, shown: Callable[[Any], Any] = lambda p: p, redact: Callable[[str
         return out
     context = c.get("context") or {"kind": "none"}
     sampler, steps, guidance = resolve(c)  # the model card's settings, as a request that names none gets them
-    levers = {k: shown(v) for k, v in recommended(c).items() if k in ("guidance_interval", "guide")}  # if it has
+    levers = {k: shown(v) for k, v in recommended(c).items() if k in ("guidance_interval", "guide", "guide_scale")}
     training = {k: shown(v) for k, v in ((c.get("training") or {}).get("config") or {}).items()} or None
     out.update({"kind": context["kind"], "classes": list(context.get("names") or []),
                 "examples": entry.default_rows if context["kind"] == "text" else [],

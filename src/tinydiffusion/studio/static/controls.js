@@ -21,7 +21,7 @@ export function renderModelCard(m) {
     ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${plural(d.steps || m.T, "step")}, guidance ${fmtNum(d.guidance ?? 1)}`],
   ];
   if (d.guidance_interval) rows.push(["guidance interval", `(${fmtNum(d.guidance_interval[0])}, ${fmtNum(d.guidance_interval[1])}] of (t+1)/T`]);
-  if (d.guide) rows.push(["guide", `${d.guide} (autoguidance)`]);
+  if (d.guide) rows.push(["guide", `${d.guide} (autoguidance${d.guide_scale != null ? ` at ${fmtNum(d.guide_scale)}, beside guidance` : ""})`]);
   const s = m.distilled;
   if (s) {
     rows.push(["student", `${s.method} distillation: ${SHORT_NAMES[s.sampler] || s.sampler} in ${stepCounts(s.steps)}, guidance ${fmtNum(s.guidance)} folded in`]);
@@ -149,7 +149,9 @@ export function renderSampling(m) {
   $("guidance-lo").placeholder = lo != null ? `card's: ${fmtNum(lo)}` : "card's: 0";
   $("guidance-hi").placeholder = hi != null ? `card's: ${fmtNum(hi)}` : "card's: 1";
   renderGuides(m, "");
-  for (const id of ["guidance", "guidance-rescale", "guidance-lo", "guidance-hi", "guide"]) {
+  $("guide-scale").value = "";
+  $("guide-scale").placeholder = d.guide_scale != null ? `card's: ${fmtNum(d.guide_scale)}` : "card's";
+  for (const id of ["guidance", "guidance-rescale", "guidance-lo", "guidance-hi", "guide", "guide-scale"]) {
     $(id).disabled = !!s;
     $(id).closest(".field").classList.toggle("disabled", !!s);
   }
@@ -192,7 +194,8 @@ export function updateEta() {
 // number ("3e", "1e400", which it shows but reports as empty) is an InputError, never silently dropped.
 // A student's guidance is left out: the server uses its card's, the one folded into it.
 const LABELS = { steps: "Steps", guidance: "Guidance", "guidance-rescale": "Rescale", eta: "η", seed: "Seed", n: "Images",
-  "guidance-lo": "Guidance interval (from)", "guidance-hi": "Guidance interval (to)", "teach-minutes": "Minutes",
+  "guidance-lo": "Guidance interval (from)", "guidance-hi": "Guidance interval (to)", "guide-scale": "Guide scale",
+  "teach-minutes": "Minutes",
   "teach-report-samples": "Report samples" };
 
 export function readNumber(id) {
@@ -233,5 +236,7 @@ function leverParams() {
   }
   if (lo !== undefined) p.guidance_interval = [lo, hi];
   if ($("guide").value) p.guide = $("guide").value;
+  const scale = readNumber("guide-scale");
+  if (scale !== undefined) p.guide_scale = scale;
   return p;
 }

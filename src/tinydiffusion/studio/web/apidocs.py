@@ -17,7 +17,9 @@ PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero
               "guidance_interval": "[lo, hi], 0 <= lo <= hi <= 1: guided only where (t+1)/T is in (lo, hi]; "
                                    "[0, 1] everywhere; omitted: the model card's",
               "guide": "autoguidance: a listed ordinary model of the same size and context, or 'none'; omitted: the "
-                       "model card's (with a guide, guidance is autoguidance's scale)"}
+                       "model card's (with a guide, guidance is autoguidance's scale)",
+              "guide_scale": "finite, >= 0, with a guide: autoguidance at this scale beside classifier-free guidance "
+                             "at guidance (4 evaluations per step); omitted: the model card's"}
 EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
              "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
              "strength": "(0, 1]; default 0.6 (img2img) or 1 (inpainting)", "n": "images per row, 1..16"}
