@@ -21,6 +21,8 @@ demo: $(STAMP)
 	@echo "== 3. Prompts as a user types them, on the shipped text model (one row each)"
 	$(BIN)/tinydiffusion sample emoji --prompt "a slice of pizza" --prompt "a cute cat" --prompt "a red car" \
 		--prompt "a happy smiling face" --n 4 --out $(RUN)/shipped_emoji_prompts.png
+	$(BIN)/tinydiffusion sample emoji-fast --prompt "a cute cat" --prompt "a happy smiling face" --n 4 \
+		--out $(RUN)/shipped_emoji_fast.png
 	@echo "== 4. A short training run on the embedded sprites ($(MINUTES) minutes on this machine)"
 	$(BIN)/tinydiffusion data info
 	$(BIN)/tinydiffusion train --out $(RUN)/train --minutes $(MINUTES) --overwrite  # a rerun moves the last run aside, inside $(RUN)
