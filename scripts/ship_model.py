@@ -51,7 +51,7 @@ def main() -> None:
         s = r["settings"]
         card += ["## Evaluation (`tinydiffusion eval`)", "",
                  f"{r['samples']} samples ({s['per_class']} per class), {s['sampler']} {s['steps']} steps, "
-                 f"guidance {s['guidance']}, evaluator `{s['evaluator']}`:", "",
+                 f"guidance {s['guidance']}, evaluator `{s['evaluator'] or 'sprites'}`:", "",
                  "| FD-domain | KID | precision | recall | conditional accuracy | memorised share |",
                  "|---:|---:|---:|---:|---:|---:|",
                  f"| {r['fd_domain']:.2f} ± {r['fd_domain_bootstrap_std']:.2f} | {r['kid']:.4f} | {r['precision']:.3f} "

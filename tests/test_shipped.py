@@ -39,7 +39,7 @@ def test_shipped_models_have_cards_and_configs():
     from importlib import resources
 
     for name, made_by in (("sprites", "train"), ("emoji", "train"), ("sprites-fast", "distill"),
-                          ("sprites-instant", "distill"), ("emoji-fast", "distill")):
+                          ("sprites-instant", "distill"), ("emoji-fast", "distill"), ("sprites-guide", "train")):
         folder = resources.files("tinydiffusion") / "assets" / "models" / name
         card = (folder / "README.md").read_text()
         assert f"tinydiffusion {made_by}" in card and ("H200" in card or "CPU cores" in card)  # how, and on what
@@ -52,7 +52,9 @@ def test_loaded_on_cpu_samples_channels_last_with_the_same_images_per_seed():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     fast = pipe.sample(["hero", "spell"], n=3, seed=5, sampler="ddim", steps=3, batch_size=4)
     one = pipe.sample(["spell"], seeds=[6], sampler="ddim", steps=3, batch_size=1)
-    assert torch.allclose(fast[4:5], one, atol=1e-5)  # an image depends on its seed, not its batch
+    # an image depends on its seed, not its batch: equal up to float32 kernels that differ by batch size (1e-5
+    # here, amplified by guidance; 1/100 of one 8-bit level of the [-1, 1] range is 8e-5)
+    assert torch.allclose(fast[4:5], one, atol=8e-5)
     pipe.model.to(memory_format=torch.contiguous_format)
     plain = pipe.sample(["hero", "spell"], n=3, seed=5, sampler="ddim", steps=3, batch_size=4)
     assert torch.allclose(fast, plain, atol=1e-4)

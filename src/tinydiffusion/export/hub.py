@@ -61,7 +61,11 @@ def architecture(config: dict[str, Any]) -> str:
 def usage_hint(config: dict[str, Any]) -> str:
     card = config.get("recommended") or {"sampler": "ddpm", "steps": config["schedule"]["T"], "guidance": 1.0}
     only = " (a distilled student: only these settings)" if config.get("distilled") else ""
-    return f"{card['sampler']}, {card['steps']} steps, guidance {card['guidance']:g}{only}"
+    interval = card.get("guidance_interval")
+    levers = (f" on (t+1)/T in ({interval[0]:g}, {interval[1]:g}]" if interval else "") + \
+        (f", autoguidance by {card['guide']}" if card.get("guide") else "") + \
+        (f" at {card['guide_scale']:g} beside it" if card.get("guide") and card.get("guide_scale") is not None else "")
+    return f"{card['sampler']}, {card['steps']} steps, guidance {card['guidance']:g}{levers}{only}"
 
 
 def modelspec(config: dict[str, Any], title: str, license: str | None = None,

@@ -202,7 +202,7 @@ def _images(x: torch.Tensor, raw: bool) -> torch.Tensor:
     return x if raw else x.clamp_(-1.0, 1.0)
 
 
-SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant", "emoji-fast")  # the last three: distilled students
+SHIPPED = ("sprites", "emoji", "sprites-fast", "sprites-instant", "emoji-fast", "sprites-guide")  # students, then a guide
 
 
 def resolve_model(path: str | Path) -> Path:

@@ -106,11 +106,16 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
     model, note = _guided(pipe, rows, guidance, guidance_rescale, interval, guide, guide_scale)
     shape = (int(pipe.config["model"]["channels"]), pipe.image_size, pipe.image_size)
     levers = {"guidance_interval": None if interval is None else list(interval),
-              "guide": None if guide is None else str(guide.path or "a loaded Pipeline"),
+              "guide": None if guide is None else _named(guide),
               "guide_scale": None if guide is None else guide_scale}
     return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape,
                       model is not pipe.model, note, guide.model if guide is not None and model is not pipe.model
                       else None, levers)
+
+
+def _named(guide: "Pipeline") -> str:
+    """How a guide is recorded: a shipped model by its name, else its folder."""
+    return guide.config.get("shipped_as") or str(guide.path or "a loaded Pipeline")
 
 
 def _guided(pipe: "Pipeline", rows: torch.Tensor | None, guidance: float, rescale: float,
