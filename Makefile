@@ -9,13 +9,15 @@ MINUTES ?= 3
 .PHONY: demo test install clean
 
 demo: $(STAMP)
-	@echo "== 1. The shipped sprite model: DDIM (25 steps) and DDPM (500 steps) from the same seeds, and a GIF"
-	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --out $(RUN)/shipped_ddim25.png
-	$(BIN)/tinydiffusion sample sprites --sampler ddpm --guidance 3 --n 2 --out $(RUN)/shipped_ddpm500.png \
+	@echo "== 1. The shipped sprite model, guidance alone: DDIM (25 steps) and DDPM (500 steps) from the same seeds, a GIF"
+	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --guide none --out $(RUN)/shipped_ddim25.png
+	$(BIN)/tinydiffusion sample sprites --sampler ddpm --guidance 3 --guide none --n 2 --out $(RUN)/shipped_ddpm500.png \
 		--gif $(RUN)/shipped_ddpm500.gif
-	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --n 2 --out $(RUN)/shipped_ddim25_2.png
-	@echo "== 2. Speed at equal seeds: DPM-Solver++ 10 steps x guidance 3 (20 network evaluations), then the distilled"
-	@echo "   student sprites-fast (4 evaluations, guidance folded in); compare the ms per image with DDPM-500's above"
+	$(BIN)/tinydiffusion sample sprites --sampler ddim --steps 25 --guidance 3 --guide none --n 2 \
+		--out $(RUN)/shipped_ddim25_2.png
+	@echo "== 2. The model card: DPM-Solver++ 10 steps, guidance 3 and its small guide beside it (40 network evaluations,"
+	@echo "   20 of them the guide's), then the distilled student sprites-fast (4 evaluations, guidance folded in);"
+	@echo "   compare the ms per image with DDPM-500's above"
 	$(BIN)/tinydiffusion sample sprites --n 2 --out $(RUN)/shipped_dpmpp10.png
 	$(BIN)/tinydiffusion sample sprites-fast --n 2 --out $(RUN)/shipped_fast4.png
 	@echo "== 3. Prompts as a user types them, on the shipped text model (one row each)"
