@@ -71,6 +71,21 @@ def schedule():
 TINY_TRAIN = ["--model", "tiny", "--image-size", "8", "--T", "50", "--batch-size", "16", "--no-progress"]
 
 
+def tiny_pipeline():
+    """An untrained ``tiny`` Pipeline (8 px, classes a, b, c, T = 50, card DPM-Solver++ 6 steps, guidance 2) whose
+    output layer is not zero, so it predicts something: for the sampling and editing plans."""
+    from tinydiffusion.conditioning.spec import ContextSpec
+    from tinydiffusion.models import build_model, preset
+    from tinydiffusion.sampling.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    config = preset("tiny", image_size=8, context_width=3, T=50)
+    net = build_model(config).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.05)  # the zero-initialised output would predict 0
+    card = {"model": config.to_dict(), "recommended": {"sampler": "dpmpp_2m", "steps": 6, "guidance": 2.0}}
+    return Pipeline(net, Schedule.linear(50), ContextSpec.classes(["a", "b", "c"]), card, "eps")
+
+
 def train_tiny(root, steps: int, *extra: str):
     """``root/shapes.npz`` and a tiny model trained on it by the CLI into ``root/run`` (its export in ``run/model``)."""
     from tinydiffusion.cli.main import main

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import GaussianOracle, MixtureOracle, seeded_generators, wasserstein_1
+from conftest import GaussianOracle, MixtureOracle, seeded_generators, tiny_pipeline, wasserstein_1
 from tinydiffusion.core import edit
 from tinydiffusion.errors import UsageError
 from tinydiffusion.core.samplers import SAMPLERS, grid
@@ -253,16 +253,7 @@ def test_interpolation_refuses_stochastic_samplers(schedule):
 # ---------------------------------------------------------------------- Pipeline methods
 @pytest.fixture(scope="module")
 def pipe():
-    from tinydiffusion.conditioning.spec import ContextSpec
-    from tinydiffusion.models import build_model, preset
-    from tinydiffusion.sampling.pipeline import Pipeline
-
-    torch.manual_seed(0)
-    config = preset("tiny", image_size=8, context_width=3, T=50)
-    net = build_model(config).eval()
-    torch.nn.init.normal_(net.out.weight, std=0.05)  # the zero-initialised output would predict 0
-    card = {"model": config.to_dict(), "recommended": {"sampler": "dpmpp_2m", "steps": 6, "guidance": 2.0}}
-    return Pipeline(net, Schedule.linear(50), ContextSpec.classes(["a", "b", "c"]), card, "eps")
+    return tiny_pipeline()
 
 
 def test_pipeline_img2img_at_strength_one_is_pipeline_sample(pipe):

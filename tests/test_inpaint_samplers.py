@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import MixtureOracle, seeded_generators
+from conftest import MixtureOracle, seeded_generators, tiny_pipeline
 
 from tinydiffusion.core import edit
 from tinydiffusion.core.samplers import SAMPLERS, ddim_step, grid, posterior
@@ -100,16 +100,7 @@ def test_inpainting_refuses_other_samplers_and_the_other_samplers_option(schedul
 # ---------------------------------------------------------------------- the plan and Pipeline.inpaint
 @pytest.fixture(scope="module")
 def pipe():
-    from tinydiffusion.conditioning.spec import ContextSpec
-    from tinydiffusion.models import build_model, preset
-    from tinydiffusion.sampling.pipeline import Pipeline
-
-    torch.manual_seed(0)
-    config = preset("tiny", image_size=8, context_width=3, T=50)
-    net = build_model(config).eval()
-    torch.nn.init.normal_(net.out.weight, std=0.05)  # the zero-initialised output would predict 0
-    card = {"model": config.to_dict(), "recommended": {"sampler": "dpmpp_2m", "steps": 6, "guidance": 2.0}}
-    return Pipeline(net, Schedule.linear(50), ContextSpec.classes(["a", "b", "c"]), card, "eps")
+    return tiny_pipeline()
 
 
 def test_plan_inpaint_takes_ddim_with_its_default_steps_and_eta(pipe):

@@ -61,25 +61,29 @@ LAPTOP, PHONE = {"width": 1400, "height": 1000}, {"width": 400, "height": 900}
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory) -> Path:
-    """A ``--runs`` folder holding one finished tiny run (``runs/tiny``: metrics.csv, samples/, model/) and a
-    distilled student of its model (``runs/tiny-student``, listed after it: the page opens on the teacher)."""
+def trained_runs(root: Path) -> Path:
+    """``root/runs`` holding one finished tiny run (``runs/tiny``: metrics.csv, samples/, model/) and a distilled
+    student of its model (``runs/tiny-student``, listed after it: the page opens on the teacher)."""
     from conftest import shapes
+    from studio_helpers import make_student  # a consistency student of it (1, 2 or 4 steps): runs/tiny-student
+
     from tinydiffusion import TrainConfig
     from tinydiffusion.training.train import train
 
-    root = tmp_path_factory.mktemp("studio")
     images, labels, names = shapes()
     data = root / "shapes.npz"
     np.savez_compressed(data, images=images, labels=labels, class_names=np.array(names))
     runs = root / "runs"
     train(TrainConfig(data=str(data), out=str(runs / "tiny"), model="tiny", image_size=8, T=50, batch_size=8,
                       steps=TRAIN_STEPS, log_every=1, progress=False, device="cpu"))
-    from studio_helpers import make_student  # a consistency student of it (1, 2 or 4 steps): runs/tiny-student
-
     make_student(runs / "tiny" / "model", runs / "tiny-student", "consistency", steps=2, teacher_steps=4)
     return runs
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """The ``--runs`` folder of ``trained_runs``."""
+    return trained_runs(tmp_path_factory.mktemp("studio"))
 
 
 @pytest.fixture(scope="module")

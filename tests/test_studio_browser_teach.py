@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_studio_browser as base
-from test_studio_browser import TRAIN_STEPS, _select_tiny, until
+from test_studio_browser import _select_tiny, until
 
 # the fixtures of the browser tests (the Chromium, the served studio, a page on it) and their skip marks; the
 # studio here serves this module's runs_dir
@@ -23,20 +23,7 @@ browser, studio, server, page, pytestmark = base.browser, base.studio, base.serv
 def runs_dir(tmp_path_factory) -> Path:
     """A ``--runs`` folder with a finished tiny run (``runs/tiny``), a distilled student of it (``runs/tiny-student``)
     and a copy of its model (``runs/guide``: an ordinary model that fits it as a guide)."""
-    from conftest import shapes
-    from studio_helpers import make_student
-
-    from tinydiffusion import TrainConfig
-    from tinydiffusion.training.train import train
-
-    root = tmp_path_factory.mktemp("studio-teach")
-    images, labels, names = shapes()
-    data = root / "shapes.npz"
-    np.savez_compressed(data, images=images, labels=labels, class_names=np.array(names))
-    runs = root / "runs"
-    train(TrainConfig(data=str(data), out=str(runs / "tiny"), model="tiny", image_size=8, T=50, batch_size=8,
-                      steps=TRAIN_STEPS, log_every=1, progress=False, device="cpu"))
-    make_student(runs / "tiny" / "model", runs / "tiny-student", "consistency", steps=2, teacher_steps=4)
+    runs = base.trained_runs(tmp_path_factory.mktemp("studio-teach"))
     shutil.copytree(runs / "tiny" / "model", runs / "guide" / "model")
     return runs
 
