@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (train.add_train, sample.add_sample, data.add_data, _add_serve, quality.add_eval, quality.add_compare,
                 quality.add_evaluator, sample.add_edit, sample.add_interpolate, quality.add_bench, train.add_distill,
-                finetune.add_finetune, export.add_export):
+                train.add_ema, finetune.add_finetune, export.add_export):
         add(commands)  # in this order in --help
     return parser
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from ..vocab import CONTEXT_KINDS, DISTILL_METHODS, PRECISIONS, PREDICTIONS, SCHEDULES
-from .types import EXIT_INTERRUPTED, add_run_options, finite_float, given, name_list, reports
+from .types import EXIT_INTERRUPTED, add_run_options, finite_float, finite_floats, given, name_list, reports
 
 
 # ---------------------------------------------------------------------- train
@@ -70,6 +70,10 @@ def _optimisation_options(g) -> None:
                              ("--weight-decay", finite_float, "AdamW weight decay (default 0)"),
                              ("--grad-clip", finite_float, "gradient norm clip (default 1; 0 turns it off)"),
                              ("--ema-decay", finite_float, "EMA decay of the exported weights (default 0.995)"),
+                             ("--ema-snapshot-every", int, "also keep two power-function EMAs and snapshot them "
+                                                           "every N steps into OUT/ema, so that `tinydiffusion ema` "
+                                                           "can choose the EMA length after training (default 0: "
+                                                           "off)"),
                              ("--p-uncond", finite_float, "probability of dropping the context (default 0.1)")]:
         g.add_argument(flag, type=kind, help=text)
 
@@ -157,6 +161,37 @@ def _distill(args) -> int:
               f"{result.out} --resume")
         return EXIT_INTERRUPTED
     print(f"student: {result.model_dir}   (sample it: tinydiffusion sample {result.model_dir})")
+    return 0
+
+
+# ---------------------------------------------------------------------- ema
+def add_ema(commands) -> None:
+    p = commands.add_parser("ema", help="choose the EMA length after training: export a run averaged at any length",
+                            description="Post-hoc EMA (EDM2): from the snapshots a run trained with "
+                                        "--ema-snapshot-every N keeps in RUN/ema, reconstruct its network averaged "
+                                        "over the last SIGMA_REL of the run (0.05: the last 5%%, about) and export "
+                                        "it as a model folder, one per length; then compare them with eval.")
+    p.add_argument("run", help="the run folder (with ema/ and model/)")
+    p.add_argument("--sigma-rel", required=True, type=finite_floats, metavar="S[,S…]",
+                   help="relative EMA lengths in (0, 0.28], e.g. 0.05,0.1,0.2")
+    p.add_argument("--out", help="the model folder to write (one length only; default RUN/model-ema-S)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder written before")
+    p.set_defaults(handler=_ema)
+
+
+def _ema(args) -> int:
+    from ..errors import bad_value
+    from ..training.posthoc_ema import POOR_FIT, SIGMA_RELS, export_length
+
+    if args.out and len(args.sigma_rel) > 1:
+        raise bad_value("out", args.out, "left out when several --sigma-rel are given (each gets RUN/model-ema-S)")
+    for target in args.sigma_rel:
+        out, record = export_length(args.run, target, args.out, overwrite=args.overwrite)
+        print(f"sigma_rel {target:g}: {out}   (from {record['snapshots']} snapshots to step {record['step']}; "
+              f"profile fit residual {record['residual']:.3f})")
+        if record["residual"] > POOR_FIT:
+            print(f"  note: the snapshots make this length only roughly (residual above {POOR_FIT}): it lies outside "
+                  f"the tracked {', '.join(f'{s:g}' for s in SIGMA_RELS)}, or the run kept too few snapshots")
     return 0
 
 

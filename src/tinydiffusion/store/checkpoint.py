@@ -62,6 +62,11 @@ def export_model(directory: str | Path, model: torch.nn.Module, config: dict[str
 
     The config is checked against ``modelfile`` first: a folder this writes is one ``read_model`` reads.
     """
+    return export_weights(directory, model.state_dict(), config)
+
+
+def export_weights(directory: str | Path, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """``export_model`` for a network's ``state_dict`` ``weights``."""
     from safetensors.torch import save
 
     directory = Path(directory)
@@ -70,7 +75,7 @@ def export_model(directory: str | Path, model: torch.nn.Module, config: dict[str
     except (TypeError, ValueError) as e:  # NaN, infinity, or an object JSON cannot hold
         raise UsageError(f"model config {directory / CONFIG} cannot be written as strict JSON: {e}") from None
     check_config(json.loads(text), directory / CONFIG)  # exactly as read_model will read it back
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     atomic_write(directory / WEIGHTS, lambda f: f.write(save(tensors)))
     atomic_write(directory / CONFIG, lambda f: f.write(text.encode()))
     return directory

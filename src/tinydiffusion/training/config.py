@@ -47,6 +47,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 turns clipping off
     ema_decay: float = 0.995
+    # keep two power-function EMAs and snapshot them every N steps (0: off), so that any EMA length can be chosen
+    # after training (`tinydiffusion ema`, training/posthoc_ema.py)
+    ema_snapshot_every: int = 0
     p_uncond: float = 0.1
     flip: bool = True
     balance: bool = True
@@ -70,6 +73,7 @@ class TrainConfig:
                                   "nonfinite_limit": (1, MAX_COUNT)}.items():
             checks.integer(name, getattr(self, name), low=low, high=high)
         checks.seed("seed", self.seed)
+        checks.integer("ema_snapshot_every", self.ema_snapshot_every, low=0, high=MAX_COUNT)
         if self.steps is not None:
             checks.integer("steps", self.steps, low=1, high=MAX_COUNT)
         for name in ("epochs", "minutes"):

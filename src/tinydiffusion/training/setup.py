@@ -23,6 +23,7 @@ from ..store.files import clean_stale_temps, write_json
 from . import runlock
 from .config import Objective, TrainConfig, describe, resumed_config
 from .runlog import Notes
+from .posthoc_ema import FOLDER, PowerEMAs
 from .state import Networks, class_weights
 
 
@@ -106,7 +107,8 @@ def networks(config: TrainConfig, model_config: ModelConfig, info: dist.DistInfo
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     net = dist.wrap(model, info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return Networks(model, ema, net, optimizer)
+    posthoc = PowerEMAs(model) if config.ema_snapshot_every else None
+    return Networks(model, ema, net, optimizer, posthoc)
 
 
 def open_folder(out: Path, mode: str, locks: list[runlock.RunLock], note: Notes, resolved: dict) -> None:
@@ -114,6 +116,6 @@ def open_folder(out: Path, mode: str, locks: list[runlock.RunLock], note: Notes,
     writer killed mid-write left removed, the resolved settings written."""
     if mode == "overwrite":
         locks.append(runlock.replace_run(out, locks[-1], note))
-    for folder in (out, out / "model", out / "samples"):
+    for folder in (out, out / "model", out / "samples", out / FOLDER):
         clean_stale_temps(folder)  # we hold the lock: nobody else writes here
     write_json(out / "config.json", resolved)

@@ -22,6 +22,7 @@ from ..errors import UsageError
 from ..runtime import dist
 from ..store.checkpoint import STATE_FORMAT, save_state
 from .config import TrainConfig
+from .posthoc_ema import PowerEMAs
 from .runlog import MetricsLog, Notes
 
 _DATA, _LOSS = 1, 2  # stream tags: data order per epoch; timesteps, noise, flips and dropout per step
@@ -39,6 +40,7 @@ class Networks:
     ema: torch.nn.Module  # its exponential moving average: previews, export
     net: torch.nn.Module  # the network as the loss calls it (wrapped for DistributedDataParallel under torchrun)
     optimizer: torch.optim.Optimizer
+    posthoc: PowerEMAs | None = None  # the power-function EMAs whose snapshots choose an EMA length afterwards
 
 
 @dataclass
@@ -77,6 +79,8 @@ class RunState:
             nets.model.load_state_dict(saved["model"])
             nets.ema.load_state_dict(saved["ema"])
             nets.optimizer.load_state_dict(saved["optimizer"])
+            if nets.posthoc is not None:
+                nets.posthoc.load_state_dict(saved["posthoc"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f"training state {self.out / 'state.pt'} does not fit this run's model: "
                              f"{str(e)[:300]}") from None
@@ -109,7 +113,9 @@ class RunState:
                                            "world": self.world, "global_batch": self.config.batch_size,
                                            "restarts": self.restarts, "model": nets.model.state_dict(),
                                            "objective": self.objective, "ema": nets.ema.state_dict(),
-                                           "optimizer": nets.optimizer.state_dict()}, kept=kept)
+                                           "optimizer": nets.optimizer.state_dict(),
+                                           "posthoc": nets.posthoc.state_dict() if nets.posthoc else None},
+                   kept=kept)
         self.saving, self.saved_step = False, self.step
 
     def save_on_failure(self, nets: Networks, note: Notes) -> None:

@@ -176,6 +176,8 @@ def _loop(run: _Run, state: RunState, metrics: MetricsLog | None, bar, note: Not
                     last_loss = state.log(metrics, bar, lr, info)
                 bar.update(1 if bar.by_steps else max(0.0, min(now - bar.last_t, bar.total - bar.n)))
                 bar.last_t = now
+                if info.is_main and config.ema_snapshot_every and state.step % config.ema_snapshot_every == 0:
+                    run.nets.posthoc.snapshot(state.out, state.step, run.nets.model)
                 if info.is_main and state.step % config.sample_every == 0:
                     _sample_grid(run, state.out / "samples" / f"step_{state.step:06d}.png")
                 if state.step % config.checkpoint_every == 0 or \
@@ -221,6 +223,8 @@ def _step(run: _Run, state: RunState, batch: torch.Tensor, lr: float) -> bool:
     if finite:
         nets.optimizer.step()
         _ema_update(nets.ema, nets.model, min(config.ema_decay, (1 + state.step) / (10 + state.step)))
+        if nets.posthoc is not None:
+            nets.posthoc.update(nets.model, state.step + 1)
         state.window.losses.append(loss.item())
     state.count(finite)
     return finite
@@ -228,12 +232,14 @@ def _step(run: _Run, state: RunState, batch: torch.Tensor, lr: float) -> bool:
 
 def _finish(run: _Run, state: RunState, stopped: str | None, last_loss: float, note: Notes) -> TrainResult:
     """Save the last step, export the EMA network with its final grid (rank 0), let the processes go."""
-    out, info = state.out, run.info
+    out, info, config = state.out, run.info, run.config
     if stopped and not state.consistent:  # a second Ctrl-C inside a step: the state on disk is the last one
         dist.teardown(info)
         return TrainResult(out, out / "model", state.saved_step or 0, state.elapsed, last_loss, True, note.lines)
     state.save(run.nets)
     if info.is_main:
+        if run.nets.posthoc is not None and not stopped and state.step % config.ema_snapshot_every:  # the last step
+            run.nets.posthoc.snapshot(out, state.step, run.nets.model)
         export = run.objective.export if run.objective and run.objective.export else export_model
         export(out / "model", run.nets.ema, run.card)
         _sample_grid(run, out / "samples" / "final.png")
