@@ -226,7 +226,8 @@ def test_pipeline_interval_given_and_from_the_card(pair):
     with counting_evaluations(pipe.model) as seen:  # grid (t+1)/T = 1, .8, .6, .4, .2: three inside (0.3, 0.9]
         pipe.sample(["a"], n=1, guidance_interval=(0.3, 0.9))
     assert seen[0] == 3 * 2 + 2 and pipe.plan(["a"], guidance_interval=(0.3, 0.9)).levers == {
-        "guidance_interval": [0.3, 0.9], "guide": None, "guide_scale": None}
+        "guidance_interval": [0.3, 0.9], "guide": None, "guide_scale": None, "snap": 0.0,
+        "snapped_to": None}
 
 
 def test_edits_count_the_interval_honestly(pair):

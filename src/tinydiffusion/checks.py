@@ -48,6 +48,12 @@ def guidance(value: Any, name: str = "guidance") -> float:
                   allowed=f"a number in [0, {MAX_GUIDANCE:g}] ({UNGUIDED:g} = no guidance, 2-5 typical)")
 
 
+def snap(value: Any, name: str = "snap") -> float:
+    """How far a text prompt moves toward its nearest training caption (``conditioning/snap.py``), in ``[0, 1]``."""
+    return finite(name, value, low=0, high=1,
+                  allowed="a number from 0 (the prompt as typed) to 1 (the nearest training caption)")
+
+
 def guidance_interval(value: Any, name: str = "guidance_interval") -> tuple[float, float]:
     """A guidance interval ``(lo, hi)``: guidance acts where the diffusion time ``s = (t + 1) / T`` is in ``(lo, hi]``
     (``core/guidance.py``), ``0 <= lo <= hi <= 1``; ``GUIDANCE_EVERYWHERE`` is all of it, ``lo = hi`` none of it."""

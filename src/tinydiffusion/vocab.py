@@ -55,5 +55,6 @@ MAX_T = 100_000  # diffusion steps: 1000 is usual, 4000 rare
 MAX_WIDTH = 16_384  # context vector width (text encoders: 384 to 4096)
 MAX_TOKENS = 32  # token rows of a text context after its pooled row: (1 + 32) · 384 fits MAX_WIDTH
 MAX_NAMES = 10_000  # class names
+MAX_CAPTIONS = 8_192  # distinct training captions a text model's card lists (for snap); more are not listed
 MAX_IMAGE_SIZE = 1024  # pixels per side: far above what these models train at (16-64), below what breaks RAM
 MAX_SEED = 2**63 - 1  # torch generators take seeds in [0, 2**64); keep seed + n below that

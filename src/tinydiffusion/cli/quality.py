@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..vocab import PRECISIONS
-from .types import DEVICE_HELP, finite_float, finite_floats, given, help_handler, int_list, name_list, reports
+from .types import DEVICE_HELP, SNAP_HELP, finite_float, finite_floats, given, help_handler, int_list, name_list, reports
 
 
 # ---------------------------------------------------------------------- eval
@@ -23,6 +23,7 @@ def add_eval(commands) -> None:
                                         "beside the ceiling (real images) and chance (shuffled prompts).")
     p.add_argument("model", help="an exported model folder")
     _common(p)
+    p.add_argument("--snap", type=finite_float, metavar="S", help=SNAP_HELP)
     p.add_argument("--sampler", help="sampler (default: the model card's, e.g. dpmpp_2m for the shipped models)")
     p.add_argument("--steps", type=int, help="steps (default: the model card's with its sampler)")
     p.add_argument("--per-prompt", type=int, help="a text model: samples per prompt (default 8)")
@@ -83,7 +84,8 @@ def _eval(args) -> int:
 
 def _prompt_report(r: dict) -> int:
     s = r["settings"]
-    print(f"prompt following of {r['model']} with {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}, "
+    snap = f", prompts snapped {s['snap']:g} to the nearest training caption" if s.get("snap") else ""
+    print(f"prompt following of {r['model']} with {s['sampler']}, {s['steps']} steps, guidance {s['guidance']}{snap}, "
           f"{s['per_prompt']} samples per prompt: {r['seconds']:.1f} s")
     for name, m in r["prompt_following"].items():
         print(f"  {name:<18} {m['accuracy']:.1%} recognised ({m['prompts']} prompts)  ceiling {m['ceiling']:.1%} "

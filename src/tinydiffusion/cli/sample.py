@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..vocab import DETERMINISTIC_SAMPLERS, PRECISIONS, PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
-from .types import DEVICE_HELP, finite_float, finite_floats, given, one_of, reports
+from .types import DEVICE_HELP, SNAP_HELP, finite_float, finite_floats, given, one_of, reports
 
 MODEL_HELP = "a shipped model (sprites, emoji) or an exported model folder"
 
@@ -41,6 +41,7 @@ def add_sample(commands) -> None:
                    help="with --guide: the guide stands beside the unconditional branch instead, autoguidance at W "
                         "under classifier-free guidance at --guidance (four evaluations per step, two of them the "
                         "guide's; default: the card's, else none)")
+    p.add_argument("--snap", type=finite_float, metavar="S", help=SNAP_HELP)
     p.add_argument("--clip-x0", action="store_true", default=None, help="clip each predicted x0 to [-1, 1]")
     p.add_argument("--prediction", choices=PREDICTIONS,
                    help="refuse the model unless it was trained for this target")
@@ -184,8 +185,11 @@ def _levers(used: dict) -> dict:
     """What the guidance levers used read as, by setting."""
     interval, guide, scale = used.get("guidance_interval"), used.get("guide"), used.get("guide_scale")
     beside = f" at {scale:g}, beside classifier-free guidance" if scale is not None else ""
+    snapped = ", ".join(f"{caption!r}" for caption in dict.fromkeys(used.get("snapped_to") or []) if caption)
     return {**({"guidance_interval": f"guided only where (t+1)/T is in ({interval[0]:g}, {interval[1]:g}]"}
-               if interval else {}), **({"guide": f"autoguidance by {guide}{beside}"} if guide else {})}
+               if interval else {}), **({"guide": f"autoguidance by {guide}{beside}"} if guide else {}),
+            **({"snap": f"prompts snapped {used['snap']:g} of the way to the nearest training caption ({snapped})"}
+               if used.get("snap") and snapped else {})}
 
 
 # ---------------------------------------------------------------------- shared

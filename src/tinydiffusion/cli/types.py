@@ -54,6 +54,10 @@ def one_of(choices: tuple[str, ...]) -> str:
     return f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else "".join(choices)
 
 
+SNAP_HELP = ("text models: move each prompt toward the nearest caption the model was trained on, 0 (the prompt as "
+             "typed) to 1 (that caption); the nearest caption is printed (default: the model card's, else 0)")
+
+
 def finite_float(text: str) -> float:
     """``type=finite_float``: a float option that refuses ``nan``, ``inf`` and non-numbers."""
     try:

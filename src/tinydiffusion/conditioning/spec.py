@@ -147,10 +147,13 @@ class ContextSpec:
                 raise bad_value("mix", w, "weights from 0 (the first prompt) to 1 (the second)")
         ca, cb = self.parse_many([a, b])
         rows = torch.stack([(1 - w) * ca + w * cb for w in weights])
-        if self.kind == "text":  # the network saw unit vectors (rows of them with tokens; padding stays zero)
-            parts = rows.reshape(len(rows), 1 + self.tokens, self.pooled_width)
-            rows = (parts / parts.norm(dim=2, keepdim=True).clamp(min=1e-12)).reshape(len(rows), self.width)
-        return rows
+        return self.renormalise(rows) if self.kind == "text" else rows
+
+    def renormalise(self, rows: torch.Tensor) -> torch.Tensor:
+        """Text rows ``[K, D]`` made unit again after mixing, as the network saw them: the pooled row and each token
+        row (padding, all zero, stays zero)."""
+        parts = rows.reshape(len(rows), 1 + self.tokens, self.pooled_width)
+        return (parts / parts.norm(dim=2, keepdim=True).clamp(min=1e-12)).reshape(len(rows), self.width)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         """``[N]`` integer labels to ``[N, D]`` one-hot contexts."""

@@ -23,6 +23,7 @@ from ..data.load import load_dataset
 from ..errors import UsageError, bad_value
 from ..runtime import shard
 from ..runtime.dist import DistInfo, agree
+from ..sampling import card
 from ..sampling.pipeline import Pipeline, load
 from ..sampling.plans import SamplePlan, batch_bytes
 from ..store.files import atomic_write, user_cache_dir, write_json
@@ -50,6 +51,7 @@ class EvalConfig:
     guidance_interval: tuple[float, float] | None = None  # None: the model card's (else everywhere)
     guide: str | None = None  # autoguidance's guide model; None: the model card's; "none": none
     guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
+    snap: float | None = None  # text: move each prompt toward its nearest training caption (0–1); None: the card's
     seed: int = 1000  # far from the seeds of the training grids
     batch_size: int = 128
     precision: str = "fp32"  # "bf16" autocasts the network while sampling
@@ -61,6 +63,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         """Every setting that needs no model is checked here, so the library refuses what the CLI refuses."""
         check_sampling_settings(self)
+        if self.snap is not None:
+            checks.snap(self.snap)
         if self.sampler is not None:
             get_sampler(self.sampler, {})
         if self.steps is not None:
@@ -213,14 +217,15 @@ def _evaluate_prompts(config: EvalConfig, pipe: Pipeline, ev: Evaluator, data: s
     t0 = time.perf_counter()
     found = prompt_following(pipe, ev, data, info, per_prompt=config.per_prompt, seed=config.seed, sampler=sampler,
                              steps=steps, guidance=guidance, guidance_interval=config.guidance_interval,
-                             guide=config.guide, guide_scale=config.guide_scale, batch_size=config.batch_size,
-                             precision=config.precision)
+                             guide=config.guide, guide_scale=config.guide_scale, snap=config.snap,
+                             batch_size=config.batch_size, precision=config.precision)
     report = None
     if info.is_main:
         seconds = time.perf_counter() - t0
         report = {"model": str(config.model), "data": data, "prompt_following": found, "seconds": round(seconds, 2),
                   "evaluator_holdout_accuracy": ev.accuracy,
-                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance}}
+                  "settings": {**asdict(config), "sampler": sampler, "steps": steps, "guidance": guidance,
+                               "snap": card.snap(pipe.config, config.snap)}}
         write_json(Path(config.out), report)
     return shard.broadcast(report, info)
 

@@ -22,16 +22,16 @@ from ..errors import UsageError, bad_value
 from ..vocab import GUIDANCE_EVERYWHERE, NO_GUIDE, SAMPLERS, UNGUIDED, default_steps
 
 TRAINED_SAMPLER, TRAINED_STEPS, TRAINED_GUIDANCE = "dpmpp_2m", 10, 3.0  # what train writes on a new model's card
+CARD_LEVERS = ("guidance_interval", "guide", "guide_scale", "snap")  # optional settings a card may recommend
 
 
 def recommended(config: dict[str, Any]) -> dict[str, Any]:
-    """The card's ``{"sampler", "steps", "guidance"}`` (and ``guidance_interval``, ``guide``, ``guide_scale`` where
-    it has them);
+    """The card's ``{"sampler", "steps", "guidance"}`` (and the ``CARD_LEVERS`` it has);
     DDPM over all T, unguided, when the model has none."""
     card = config.get("recommended") or {}
     return {"sampler": card.get("sampler", "ddpm"), "steps": card.get("steps"),
             "guidance": float(card.get("guidance", UNGUIDED)),
-            **{key: card[key] for key in ("guidance_interval", "guide", "guide_scale") if key in card}}
+            **{key: card[key] for key in CARD_LEVERS if key in card}}
 
 
 def resolve(config: dict[str, Any], sampler: str | None = None, steps: int | None = None,
@@ -84,6 +84,19 @@ def guide_scale(config: dict[str, Any], given: Any = None, guide: Any = None) ->
         raise bad_value("guide_scale", given, "a scale for an autoguidance guide: give guide (--guide MODEL) too, "
                                               "or leave guide_scale out")
     return value
+
+
+def snap(config: dict[str, Any], given: Any = None) -> float:
+    """How far each text prompt moves toward its nearest training caption (``conditioning/snap.py``): ``given``
+    wins, else the card's ``recommended.snap``, else 0 (the prompt as typed). Refused above 0 for a model whose
+    card lists no training captions."""
+    value = recommended(config).get("snap", 0.0) if given is None else given
+    value = checks.snap(value)
+    if value and not config.get("captions"):
+        raise bad_value("snap", given if given is not None else value,
+                        "0 for this model: snapping needs a text model whose card lists the captions it was trained "
+                        "on (models trained on captions export them)")
+    return float(value)
 
 
 def check_guide(config: dict[str, Any], guide_config: dict[str, Any], where: str) -> None:

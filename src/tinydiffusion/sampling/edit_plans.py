@@ -25,7 +25,7 @@ from .plans import ContextLike, Pipeline, SamplePlan, as_int, batch_bytes, plan,
 
 INPAINT_OPTIONS = {"ddpm": ("spacing", "variance", "clip_x0"),  # the sampler options RePaint's steps take
                    "ddim": ("spacing", "eta", "clip_x0")}
-PLAN_OPTIONS = ("guidance_rescale", "guidance_interval", "guide", "guide_scale", "batch_size", "precision")
+PLAN_OPTIONS = ("guidance_rescale", "guidance_interval", "guide", "guide_scale", "snap", "batch_size", "precision")
 
 
 @dataclass(frozen=True, eq=False)

@@ -49,6 +49,7 @@ class SampleConfig:
     guidance_interval: tuple[float, float] | None = None  # guided where (t+1)/T is in (lo, hi]; None: the card's
     guide: str | None = None  # autoguidance: a weaker model folder or shipped name ("none": none); None: the card's
     guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
+    snap: float | None = None  # text: move each prompt toward its nearest training caption (0–1); None: the card's
     prediction: str | None = None  # expectations checked against the model (never overrides)
     schedule: str | None = None
     contexts: tuple[str, ...] = ()  # class names, mixtures or prompts; empty: every class (or the examples)
@@ -72,6 +73,8 @@ class SampleConfig:
             raise bad_value("guide", self.guide, "a model folder or a shipped name (or 'none': no guide)")
         if self.guide_scale is not None:
             checks.guidance(self.guide_scale, "guide_scale")
+        if self.snap is not None:
+            checks.snap(self.snap)
         for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES)):
             if getattr(self, key) is not None:
                 checks.choice(key, getattr(self, key), allowed)
@@ -155,7 +158,7 @@ def _sample_to_files(config: SampleConfig, pipeline: Pipeline | None, info: Dist
     plan = pipe.plan(context, n=config.n, seed=config.seed, sampler=sampler, steps=steps, batch_size=config.batch_size,
                      guidance=guidance, guidance_rescale=config.guidance_rescale,
                      guidance_interval=config.guidance_interval, guide=config.guide, guide_scale=config.guide_scale,
-                     precision=config.precision, **config.options())
+                     snap=config.snap, precision=config.precision, **config.options())
     settings |= plan.levers  # the guidance interval and guide asked for (the card's where not given)
     folder = Path(config.out).suffix == ""
     _check_size(pipe, plan, config, folder, info)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .. import checks
+from ..conditioning.snap import snap
 from ..conditioning.spec import ContextSpec
 from ..core.schedule import Schedule
 from ..errors import UsageError, bad_value
@@ -36,6 +37,17 @@ class Pipeline:
     prediction: str = "eps"
     path: Path | None = None  # the model folder it was loaded from (a card's guide is found relative to it)
     guides: dict[str, "Pipeline"] = field(default_factory=dict, init=False, repr=False)  # loaded guides, by folder
+    bank: torch.Tensor | None = field(default=None, init=False, repr=False)  # the training captions' rows, once
+
+    def snap(self, rows: torch.Tensor, strength: float) -> tuple[torch.Tensor, list[str | None]]:
+        """``(rows', nearest captions)``: context rows moved ``strength`` toward the nearest caption the model was
+        trained on (``conditioning/snap.py``; the card's ``captions``, encoded once), and each row's caption
+        (``None`` for the null context)."""
+        captions = self.config.get("captions") or []
+        if self.bank is None:
+            self.bank = self.context.encode(captions)
+        moved, nearest, _ = snap(self.context, rows, self.bank, strength)
+        return moved, [captions[i] if i >= 0 else None for i in nearest.tolist()]
 
     def __post_init__(self) -> None:
         # samplers and the guidance closure read what the network's output means from the network itself
@@ -123,8 +135,8 @@ class Pipeline:
                sampler: str | None = None, steps: int | None = None, batch_size: int = 64,
                guidance: float | None = None, guidance_rescale: float = 0.0,
                guidance_interval: tuple[float, float] | None = None, guide: "Pipeline | str | Path | None" = None,
-               guide_scale: float | None = None, precision: str = "fp32", callback: Callable | None = None,
-               raw: bool = False, **options: Any) -> torch.Tensor:
+               guide_scale: float | None = None, snap: float | None = None, precision: str = "fp32",
+               callback: Callable | None = None, raw: bool = False, **options: Any) -> torch.Tensor:
         """Images ``[K·n, 3, H, W]`` in ``[-1, 1]``: ``n`` per context row, row by row.
 
         The sampler's final ``x0`` is clipped to the data's range ``[-1, 1]`` (as every file output is);
@@ -138,14 +150,15 @@ class Pipeline:
         shipped name; ``"none"``: none) is autoguidance: the weaker guide takes the unconditional branch's place and
         ``guidance`` is its scale (two networks per guided step); with ``guide_scale`` the guide stands beside the
         unconditional branch instead: autoguidance at ``guide_scale`` under classifier-free guidance at ``guidance``
-        (four evaluations per guided step, two of them the guide's). ``sampler``, ``steps``, ``guidance``,
-        ``guidance_interval``, ``guide`` and ``guide_scale`` left at ``None`` come from the model card
-        (``recommended``).
+        (four evaluations per guided step, two of them the guide's). ``snap`` (text models, 0 to 1) moves each
+        prompt toward the nearest caption the model was trained on (``conditioning/snap.py``). ``sampler``,
+        ``steps``, ``guidance``, ``guidance_interval``, ``guide``, ``guide_scale`` and ``snap`` left at ``None``
+        come from the model card (``recommended``).
         Every argument is checked, and the memory the result needs estimated, before any work.
         """
         job = self.plan(context, n=n, seed=seed, seeds=seeds, sampler=sampler, steps=steps, batch_size=batch_size,
                         guidance=guidance, guidance_rescale=guidance_rescale, guidance_interval=guidance_interval,
-                        guide=guide, guide_scale=guide_scale, precision=precision, **options)
+                        guide=guide, guide_scale=guide_scale, snap=snap, precision=precision, **options)
         checks.memory("n" if seeds is None else "seeds", n if seeds is None else f"{len(job.seeds)} seeds",
                       job.count * job.image_bytes + plans.batch_bytes(self, job),
                       f"{job.count} float32 images plus a network batch")

@@ -77,14 +77,18 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
          seeds: Sequence[int] | None = None, sampler: str | None = None, steps: int | None = None,
          batch_size: int = 64, guidance: float | None = None, guidance_rescale: float = 0.0,
          guidance_interval: Any = None, guide: Any = None, guide_scale: float | None = None,
-         precision: str = "fp32", **options: Any) -> SamplePlan:
+         snap: float | None = None, precision: str = "fp32", **options: Any) -> SamplePlan:
     """The arguments of ``Pipeline.sample`` checked (a bad one raises ``UsageError`` naming it), nothing run yet;
-    ``sampler``, ``steps``, ``guidance``, ``guidance_interval``, ``guide`` and ``guide_scale`` left at ``None`` come
-    from the model card (``card.resolve``, ``card.interval``, ``card.guide``, ``card.guide_scale``)."""
+    ``sampler``, ``steps``, ``guidance``, ``guidance_interval``, ``guide``, ``guide_scale`` and ``snap`` left at
+    ``None`` come from the model card (``card.resolve``, ``card.interval``, ``card.guide``, ``card.guide_scale``,
+    ``card.snap``)."""
     sampler, steps, guidance = pipe.resolve(sampler, as_int(steps), guidance)
     interval, (guide, carded) = card.interval(pipe.config, guidance_interval), card.guide(pipe.config, guide)
     guide_scale = card.guide_scale(pipe.config, guide_scale, guide)
-    rows = pipe.contexts(context)
+    rows, strength = pipe.contexts(context), card.snap(pipe.config, snap)
+    snapped = None
+    if strength and rows is not None:
+        rows, snapped = pipe.snap(rows, strength)
     if seeds is None:
         n = checks.integer("n", as_int(n), low=1)
         seeds = range(checks.seed("seed", as_int(seed), n), seed + n)  # lazy: no list of K·n seeds
@@ -107,7 +111,8 @@ def plan(pipe: "Pipeline", context: ContextLike = None, *, n: int = 1, seed: int
     shape = (int(pipe.config["model"]["channels"]), pipe.image_size, pipe.image_size)
     levers = {"guidance_interval": None if interval is None else list(interval),
               "guide": None if guide is None else _named(guide),
-              "guide_scale": None if guide is None else guide_scale}
+              "guide_scale": None if guide is None else guide_scale,
+              "snap": strength, "snapped_to": snapped}
     return SamplePlan(model, fn, rows, seeds, batch_size, steps, precision, dict(options), shape,
                       model is not pipe.model, note, guide.model if guide is not None and model is not pipe.model
                       else None, levers)

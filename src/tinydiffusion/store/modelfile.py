@@ -18,8 +18,8 @@ from typing import Any
 
 from ..checks import guidance_interval
 from ..errors import UsageError, bad_value
-from ..vocab import (ADAPTER_METHODS, ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_GUIDANCE, MAX_IMAGE_SIZE, MAX_NAMES,
-                     MAX_T, MAX_TOKENS, MAX_WIDTH, PREDICTIONS, SAMPLERS, SCHEDULES)
+from ..vocab import (ADAPTER_METHODS, ARCHS, CONTEXT_KINDS, DISTILL_METHODS, MAX_CAPTIONS, MAX_GUIDANCE, MAX_IMAGE_SIZE,
+                     MAX_NAMES, MAX_T, MAX_TOKENS, MAX_WIDTH, PREDICTIONS, SAMPLERS, SCHEDULES)
 from .schema import (Section, any_object, class_name, exactly, example, flag, kind_of, list_of, mapping_of, maybe,
                      number, one_of, section, shown, text, validate, whole)
 
@@ -71,6 +71,7 @@ RECOMMENDED: Section = {  # the model card's sampling settings: what sample, Pip
     "guidance_interval": (False, lambda name, value: list(guidance_interval(value, name))),  # (lo, hi] of (t+1)/T
     "guide": (False, text),  # autoguidance's guide: a model folder relative to this one's, or a shipped name
     "guide_scale": (False, number(0, MAX_GUIDANCE)),  # the guide beside classifier-free guidance, at this scale
+    "snap": (False, number(0, 1)),  # text: how far each prompt moves to the nearest training caption (snap.py)
 }
 DISTILLED: Section = {  # a few-step student (distill.py): what it was distilled for, which sample enforces
     "method": (True, one_of(*DISTILL_METHODS)),
@@ -97,6 +98,7 @@ TOP: Section = {
     "context": (False, section(CONTEXT)),
     "prediction": (False, one_of(*PREDICTIONS)),
     "examples": (False, list_of(example, 0, 64)),
+    "captions": (False, list_of(text, 1, MAX_CAPTIONS, distinct=True)),  # text: the distinct training captions
     "training": (False, any_object),  # the run's settings, kept for the record; only "data" is read back
     "shipped_as": (False, text),
     "recommended": (False, section(RECOMMENDED)),

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..errors import UsageError
 from ..models import ModelConfig, build_model, count_parameters
-from ..sampling.card import recommended, resolve
+from ..sampling.card import CARD_LEVERS, recommended, resolve
 from .runfiles import read_metrics, readme
 
 log = logging.getLogger("tinydiffusion.studio")
@@ -28,10 +28,11 @@ def card(entry, shown: Callable[[Any], Any] = lambda p: p, redact: Callable[[str
         return out
     context = c.get("context") or {"kind": "none"}
     sampler, steps, guidance = resolve(c)  # the model card's settings, as a request that names none gets them
-    levers = {k: shown(v) for k, v in recommended(c).items() if k in ("guidance_interval", "guide", "guide_scale")}
+    levers = {k: shown(v) for k, v in recommended(c).items() if k in CARD_LEVERS}
     training = {k: shown(v) for k, v in ((c.get("training") or {}).get("config") or {}).items()} or None
     out.update({"kind": context["kind"], "classes": list(context.get("names") or []),
                 "examples": entry.default_rows if context["kind"] == "text" else [],
+                "captions": len(c.get("captions") or []),  # training captions a prompt can snap to
                 "image_size": c["model"]["image_size"], "parameters": parameters(c),
                 "prediction": c.get("prediction", "eps"), "T": c["schedule"]["T"], "schedule": c["schedule"].get("kind"),
                 "defaults": {"sampler": sampler, "steps": steps, "guidance": guidance, **levers},

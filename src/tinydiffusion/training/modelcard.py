@@ -21,11 +21,14 @@ from .config import Objective, TrainConfig
 
 
 def exported_config(config: TrainConfig, model_config: ModelConfig, schedule: Schedule, spec: ContextSpec,
-                    examples: list, objective: Objective | None = None) -> dict[str, Any]:
+                    examples: list, objective: Objective | None = None, captions: list[str] | None = None
+                    ) -> dict[str, Any]:
     """The exported model's ``config.json``: network, schedule, context spec with its example rows, prediction,
-    package version, the recommended sampling and the training settings; then the ``objective``'s entries."""
+    package version, the recommended sampling and the training settings, a text model's distinct training
+    ``captions`` (what ``snap`` moves prompts toward); then the ``objective``'s entries."""
     return {"format": MODEL_FORMAT, "version": __version__, "model": model_config.to_dict(),
             "schedule": schedule.to_dict(), "context": spec.to_dict(), "prediction": config.prediction,
             "examples": examples, "recommended": card.for_training(spec.kind, config.p_uncond, config.T),
             "training": {"data": config.data, "seed": config.seed, "config": asdict(config)},
+            **({"captions": captions} if captions and spec.kind == "text" else {}),
             **(objective.card if objective else {})}

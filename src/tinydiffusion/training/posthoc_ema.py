@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, bad_value
-from ..store.checkpoint import read_weights
+from ..store.checkpoint import check_weights, export_weights, read_model, read_weights
 from ..store.files import atomic_write
 
 SIGMA_RELS = (0.05, 0.10)  # the two profiles training keeps (EDM2's): every length between can be reconstructed
@@ -160,8 +160,6 @@ def export_length(run: str | Path, target: float, out: str | Path | None = None,
     """Export the run's network averaged at relative length ``target`` as a model folder (default
     ``<run>/model-ema-<target>``), its card the run's exported one with ``training.ema`` saying how it was made.
     Returns the folder and ``reconstruct``'s record."""
-    from ..store.checkpoint import check_weights, export_weights, read_model
-
     run = Path(run)
     target = check_sigma_rel(target)
     out = Path(out) if out is not None else run / f"model-ema-{target:g}"

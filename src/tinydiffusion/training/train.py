@@ -25,6 +25,7 @@ from typing import Callable, Collection
 import torch
 
 from ..conditioning.dataset import draw_contexts
+from ..conditioning.snap import training_captions
 from ..core.loss import diffusion_loss
 from ..core.schedule import Schedule
 from ..data.batches import make_batch
@@ -120,7 +121,8 @@ def _train(config: TrainConfig, out: Path, mode: str, info: dist.DistInfo, locks
     state = RunState(out, config, info.world, info.is_main, objective.identity if objective else None)
     if saved is not None:
         state.resume(saved, nets, note)
-    card = exported_config(config, model_config, schedule, data.spec, data.examples, objective)
+    card = exported_config(config, model_config, schedule, data.spec, data.examples, objective,
+                           training_captions(data.dataset.captions))
     if info.is_main:
         resolved = {"train": asdict(config), "model": model_config.to_dict(), "world": info.world,
                     "parameters": count_parameters(nets.model), "dataset": data.dataset.counts()}

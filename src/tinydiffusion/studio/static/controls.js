@@ -21,6 +21,7 @@ export function renderModelCard(m) {
     ["recommended", `${SHORT_NAMES[d.sampler] || d.sampler || "DDPM"}, ${plural(d.steps || m.T, "step")}, guidance ${fmtNum(d.guidance ?? 1)}`],
   ];
   if (d.guidance_interval) rows.push(["guidance interval", `(${fmtNum(d.guidance_interval[0])}, ${fmtNum(d.guidance_interval[1])}] of (t+1)/T`]);
+  if (d.snap) rows.push(["snap", `prompts moved ${fmtNum(d.snap)} of the way to the nearest of ${m.captions} training captions`]);
   if (d.guide) rows.push(["guide", `${d.guide} (autoguidance${d.guide_scale != null ? ` at ${fmtNum(d.guide_scale)}, beside guidance` : ""})`]);
   const s = m.distilled;
   if (s) {
@@ -151,6 +152,10 @@ export function renderSampling(m) {
   renderGuides(m, "");
   $("guide-scale").value = "";
   $("guide-scale").placeholder = d.guide_scale != null ? `card's: ${fmtNum(d.guide_scale)}` : "card's";
+  $("snap").value = "";
+  $("snap").placeholder = `card's: ${fmtNum(d.snap ?? 0)}`;
+  $("snap").disabled = !m.captions;  // only a text model that lists its training captions can snap
+  $("snap").closest(".field").classList.toggle("disabled", !m.captions);
   for (const id of ["guidance", "guidance-rescale", "guidance-lo", "guidance-hi", "guide", "guide-scale"]) {
     $(id).disabled = !!s;
     $(id).closest(".field").classList.toggle("disabled", !!s);
@@ -194,7 +199,7 @@ export function updateEta() {
 // number ("3e", "1e400", which it shows but reports as empty) is an InputError, never silently dropped.
 // A student's guidance is left out: the server uses its card's, the one folded into it.
 const LABELS = { steps: "Steps", guidance: "Guidance", "guidance-rescale": "Rescale", eta: "η", seed: "Seed", n: "Images",
-  "guidance-lo": "Guidance interval (from)", "guidance-hi": "Guidance interval (to)", "guide-scale": "Guide scale",
+  "guidance-lo": "Guidance interval (from)", "guidance-hi": "Guidance interval (to)", "guide-scale": "Guide scale", snap: "Snap",
   "teach-minutes": "Minutes",
   "teach-report-samples": "Report samples" };
 
@@ -238,5 +243,7 @@ function leverParams() {
   if ($("guide").value) p.guide = $("guide").value;
   const scale = readNumber("guide-scale");
   if (scale !== undefined) p.guide_scale = scale;
+  const snap = $("snap").disabled ? undefined : readNumber("snap");
+  if (snap !== undefined) p.snap = snap;
   return p;
 }

@@ -148,6 +148,8 @@ export function showResult(d, note = "", wall = null) {
     for (const name of d.rows) labels.append(el("span", { text: name, title: name }));
   }
   const waited = wall != null && wall > d.seconds + 0.5 ? ` (${fmtNum(wall)} s with loading)` : "";
+  const snapped = d.snap && Array.isArray(d.snapped_to) ? [...new Set(d.snapped_to.filter(Boolean))] : [];
+  if (snapped.length) note = [note, `snapped to ${snapped.map((c) => `“${c}”`).join(", ")}`].filter(Boolean).join(" · ");
   $("result-info").textContent = `${fmtNum(d.seconds)} s · ${plural(d.steps, "step")} · ${d.nfe} network evals${note ? ` · ${note}` : ""}`;
   $("replay").hidden = state.frames.length < 2;
   const dl = d.downloads || {};

@@ -75,7 +75,7 @@ export function cancelJob(job) {
 // The offending field of a message that starts "steps=0 is not allowed…" (the server's and the page's own).
 const FIELDS = { steps: "steps", guidance: "guidance", guidance_rescale: "guidance-rescale", eta: "eta", seed: "seed",
   n: "n", strength: "edit-strength", context: "prompt", context_to: "prompt-to", mix: "mix", settings: "compare-settings",
-  guidance_interval: "guidance-lo", guide: "guide", guide_scale: "guide-scale", base: "teach-base", class: "teach-class", prompt: "teach-prompt",
+  guidance_interval: "guidance-lo", guide: "guide", guide_scale: "guide-scale", snap: "snap", base: "teach-base", class: "teach-class", prompt: "teach-prompt",
   minutes: "teach-minutes", images: "teach-drop", report_samples: "teach-report-samples" };
 
 export function showError(message, field = null) {

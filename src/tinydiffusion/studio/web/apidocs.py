@@ -19,7 +19,9 @@ PARAM_DOCS = {"model": "a listed model name", "context": "CLI syntax: hero, hero
               "guide": "autoguidance: a listed ordinary model of the same size and context, or 'none'; omitted: the "
                        "model card's (with a guide, guidance is autoguidance's scale)",
               "guide_scale": "finite, >= 0, with a guide: autoguidance at this scale beside classifier-free guidance "
-                             "at guidance (4 evaluations per step); omitted: the model card's"}
+                             "at guidance (4 evaluations per step); omitted: the model card's",
+              "snap": "0..1, text models that list their training captions: each prompt moves this far toward the "
+                      "nearest one (1: that caption); omitted: the model card's, else 0"}
 EDIT_DOCS = {"image": "PNG/JPEG data URL (at most 2 MB), centre-cropped to the model's size",
              "mask": "optional PNG/JPEG data URL: white = keep, black = generate (inpainting, RePaint over DDPM)",
              "strength": "(0, 1]; default 0.6 (img2img) or 1 (inpainting)", "n": "images per row, 1..16"}

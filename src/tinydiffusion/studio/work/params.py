@@ -27,7 +27,7 @@ MAX_PROMPT = 200  # characters of one context string or prompt
 MAX_SETTINGS = 4  # compare: 2..4 settings
 DEFAULT_N = 4
 KEYS = ("model", "context", "context_to", "mix", "sampler", "steps", "guidance", "guidance_rescale", "eta", "seed", "n",
-        "guidance_interval", "guide", "guide_scale")
+        "guidance_interval", "guide", "guide_scale", "snap")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class SampleParams:
     guidance_interval: tuple[float, float] | None = None  # None: the model card's (0, 1): everywhere
     guide: str | None = None  # a listed model's name, or "none"; None: the model card's guide
     guide_scale: float | None = None  # the guide beside classifier-free guidance, at this scale; None: the card's
+    snap: float | None = None  # text: how far prompts move to the nearest training caption (0–1); None: the card's
 
     def options(self) -> dict[str, Any]:
         """Sampler options (only DDIM takes one here: ``eta``)."""
@@ -101,6 +102,8 @@ def parse(raw: Mapping[str, Any], *, allow: tuple[str, ...] = ()) -> SampleParam
         p = replace(p, guide=_guide(values["guide"]))
     if "guide_scale" in values:
         p = replace(p, guide_scale=checks.guidance(values["guide_scale"], "guide_scale"))
+    if "snap" in values:
+        p = replace(p, snap=checks.snap(values["snap"]))
     if "eta" in values:
         eta = checks.finite("eta", values["eta"], low=0, high=1, allowed="a number from 0 (deterministic) to 1")
         # eta = 0 is every other sampler's behaviour too, so a page may send it always; a non-zero eta is DDIM's
@@ -137,7 +140,7 @@ def levers_used(p: SampleParams, config: dict[str, Any], used: dict[str, Any] | 
     if guide is not None:
         guide = p.guide if p.guide not in (None, NO_GUIDE) else card.recommended(config).get("guide")
     return {"guidance_interval": used.get("guidance_interval"), "guide": guide,
-            "guide_scale": used.get("guide_scale")}
+            "guide_scale": used.get("guide_scale"), "snap": used.get("snap"), "snapped_to": used.get("snapped_to")}
 
 
 def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> None:
@@ -149,6 +152,7 @@ def for_model(p: SampleParams, config: dict[str, Any], default_rows: int) -> Non
         Schedule.from_dict(config["schedule"]).timesteps(steps)  # 1 <= steps <= T, the library's message
     interval, guide = levers(p, config)
     card.guide_scale(config, p.guide_scale, guide)  # a scale needs a guide
+    card.snap(config, p.snap)  # snapping needs a text model that lists its training captions
     card.check_distilled(config.get("distilled"), sampler, steps, guidance, p.guidance_rescale,
                          sampler_options(sampler, p), interval=interval, guide=guide)
     context = config.get("context") or {"kind": "none", "width": 0}

@@ -49,7 +49,8 @@ class Runner:
         guide: the listed model the request named, loaded through the cache, else ``"none"`` or ``None`` (the
         card's)."""
         guide = self.pipelines.get(job.guide) if job.guide is not None else p.guide
-        return {"guidance_interval": p.guidance_interval, "guide": guide, "guide_scale": p.guide_scale}
+        return {"guidance_interval": p.guidance_interval, "guide": guide, "guide_scale": p.guide_scale,
+                "snap": p.snap}
 
     def loading(self, entry) -> list[str]:
         """What a job on ``entry`` loads first: ``"model"`` (not in the cache), ``"text encoder"`` (prompts)."""
