@@ -148,3 +148,18 @@ def test_the_studio_takes_snap_for_a_text_model_and_refuses_it_elsewhere(text_mo
         assert r.status_code == 422 and "snap=2" in r.json()["error"]
         r = client.post("/api/sample", json={"model": "runs/shapes", "snap": 0.5}, headers={"Accept": "application/json"})
         assert r.status_code == 422 and "snap=0.5" in r.json()["error"]
+
+
+def test_a_student_inherits_its_teachers_snap_and_captions(text_model, tmp_path):
+    from tinydiffusion.training.distill import DistillConfig, distill
+
+    carded = tmp_path / "carded"
+    shutil.copytree(text_model, carded)
+    config = json.loads((carded / "config.json").read_text())
+    config["recommended"]["snap"] = 0.5
+    (carded / "config.json").write_text(json.dumps(config))
+    r = distill(DistillConfig(teacher=str(carded), out=str(tmp_path / "d"), steps=1, teacher_steps=2, iterations=2,
+                              batch_size=8, sample_every=1000, checkpoint_every=1000, progress=False))
+    student = load(r.model_dir)
+    assert student.recommended["snap"] == 0.5 and student.config["captions"] == config["captions"]
+    assert student.plan("a red box", n=1).levers["snapped_to"][0] in config["captions"]

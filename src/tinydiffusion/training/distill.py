@@ -202,7 +202,8 @@ def _objective(config: DistillConfig, teacher: Pipeline, source: Pipeline, scale
     sampler = SAMPLER_OF[config.method]
     allowed = [k] if config.method == "progressive" else _nested_steps(teacher.schedule, k)
     student_steps = k if config.method == "progressive" else config.steps
-    card = {"recommended": {"sampler": sampler, "steps": student_steps, "guidance": guidance},
+    snap = {"snap": teacher.recommended["snap"]} if "snap" in teacher.recommended else {}  # acts on the prompt alone
+    card = {"recommended": {"sampler": sampler, "steps": student_steps, "guidance": guidance, **snap},
             "distilled": {"method": config.method, "sampler": sampler, "steps": allowed, "guidance": guidance,
                           "teacher": str(config.teacher), "teacher_sampler": "ddim",
                           "teacher_steps": 2 * k if config.method == "progressive" else k}}
