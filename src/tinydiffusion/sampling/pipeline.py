@@ -16,6 +16,7 @@ import torch
 from .. import checks
 from ..conditioning.snap import snap
 from ..conditioning.spec import ContextSpec
+from ..conditioning.text import embed_captions
 from ..core.schedule import Schedule
 from ..errors import UsageError, bad_value
 from ..models import ModelConfig, build_model
@@ -44,8 +45,8 @@ class Pipeline:
         trained on (``conditioning/snap.py``; the card's ``captions``, encoded once), and each row's caption
         (``None`` for the null context)."""
         captions = self.config.get("captions") or []
-        if self.bank is None:
-            self.bank = self.context.encode(captions)
+        if self.bank is None:  # cached in the user cache, keyed by the encoder and the captions, like training's
+            self.bank = embed_captions(captions, self.context.encoder, progress=False, tokens=self.context.tokens)
         moved, nearest, _ = snap(self.context, rows, self.bank, strength)
         return moved, [captions[i] if i >= 0 else None for i in nearest.tolist()]
 
