@@ -134,7 +134,11 @@ def test_the_ema_command_exports_lengths_and_refuses_what_it_cannot_do(shapes_np
     assert main(["ema", str(tmp_path / "run"), "--sigma-rel", "0.05,0.1", "--out", str(tmp_path / "x")]) == 2
 
     train(_config(shapes_npz, tmp_path / "plain", steps=5, ema_snapshot_every=0))
-    with pytest.raises(UsageError, match="--ema-snapshot-every"):
+    for run in (tmp_path / "plain", tmp_path / "nowhere"):
+        with pytest.raises(UsageError, match="run=.*--ema-snapshot-every"):
+            P.export_length(run, 0.1)
+    (tmp_path / "plain" / "ema").mkdir()  # a folder without snapshots
+    with pytest.raises(UsageError, match="no post-hoc EMA snapshots"):
         P.export_length(tmp_path / "plain", 0.1)
     with pytest.raises(UsageError, match="ema_snapshot_every"):
         TrainConfig(ema_snapshot_every=-1)

@@ -162,6 +162,9 @@ def export_length(run: str | Path, target: float, out: str | Path | None = None,
     Returns the folder and ``reconstruct``'s record."""
     run = Path(run)
     target = check_sigma_rel(target)
+    if not (run / FOLDER).is_dir() or not (run / "model").is_dir():
+        raise bad_value("run", str(run), f"a training run folder holding model/ and {FOLDER}/ (train it with "
+                                         f"--ema-snapshot-every N to keep the snapshots)")
     out = Path(out) if out is not None else run / f"model-ema-{target:g}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} already holds files; pass --overwrite to replace them, or choose another --out")
