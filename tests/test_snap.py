@@ -12,6 +12,7 @@ from tinydiffusion.cli.main import main
 from tinydiffusion.conditioning.snap import snap, training_captions
 from tinydiffusion.conditioning.spec import ContextSpec
 from tinydiffusion.errors import UsageError
+from tinydiffusion.export.hub import usage_hint
 from tinydiffusion.quality.evaluate import EvalConfig
 from tinydiffusion.sampling import card
 from tinydiffusion.sampling.pipeline import load
@@ -68,6 +69,7 @@ def test_card_snap_resolves_given_then_card_then_zero_and_names_refusals():
     config = {"captions": ["red square"], "recommended": {"sampler": "ddim", "steps": 3, "guidance": 1, "snap": 0.5}}
     assert card.snap(config) == 0.5 and card.snap(config, 1) == 1.0 and card.snap(config, 0) == 0.0
     assert card.snap({"captions": ["x"]}) == 0.0
+    assert "prompts snapped 0.5 toward the nearest training caption" in usage_hint({**config, "schedule": {"T": 50}})
     for bad in (1.5, -0.1, "1", float("nan")):
         with pytest.raises(UsageError, match="snap"):
             card.snap(config, bad)

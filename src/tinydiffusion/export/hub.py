@@ -64,7 +64,8 @@ def usage_hint(config: dict[str, Any]) -> str:
     interval = card.get("guidance_interval")
     levers = (f" on (t+1)/T in ({interval[0]:g}, {interval[1]:g}]" if interval else "") + \
         (f", autoguidance by {card['guide']}" if card.get("guide") else "") + \
-        (f" at {card['guide_scale']:g} beside it" if card.get("guide") and card.get("guide_scale") is not None else "")
+        (f" at {card['guide_scale']:g} beside it" if card.get("guide") and card.get("guide_scale") is not None else "") + \
+        (f", prompts snapped {card['snap']:g} toward the nearest training caption" if card.get("snap") else "")
     return f"{card['sampler']}, {card['steps']} steps, guidance {card['guidance']:g}{levers}{only}"
 
 
