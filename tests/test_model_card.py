@@ -24,7 +24,8 @@ def model(tmp_path_factory):
 def test_an_exported_model_recommends_dpm_solver_guided(model):
     card = json.loads((model / "config.json").read_text())["recommended"]
     assert card == {"sampler": "dpmpp_2m", "steps": 10, "guidance": 3.0}
-    assert load("emoji").recommended == {"sampler": "dpmpp_2m", "steps": 10, "guidance": 3.0}
+    assert load("emoji").recommended == {"sampler": "dpmpp_2m", "steps": 10, "guidance": 3.0,
+                                         "snap": 0.5}  # prompts half-way to the nearest training caption
     assert load("sprites").recommended == {"sampler": "dpmpp_2m", "steps": 10, "guidance": 3.0,
                                            "guide": "sprites-guide", "guide_scale": 2.0}  # its guide beside guidance
 

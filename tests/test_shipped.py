@@ -35,6 +35,18 @@ def test_shipped_emoji_model_samples_from_a_prompt(tmp_path):
     assert meta["rows"] == ["a red apple"]
 
 
+def test_shipped_text_models_snap_typed_prompts_to_their_captions(capsys, tmp_path):
+    """The emoji card snaps a typed prompt toward the nearest of its training captions, and says where it went."""
+    pytest.importorskip("sentence_transformers", reason="the 'text' extra is not installed")
+    for name in ("emoji", "emoji-fast"):
+        pipe = load(name)
+        assert 0 < pipe.recommended["snap"] <= 1 and "cat face" in pipe.config["captions"]
+        assert pipe.plan("a cute cat", n=1).levers["snapped_to"] == ["cat face"]
+    assert main(["sample", "emoji", "--prompt", "a cute cat", "--n", "1", "--sampler", "ddim", "--steps", "2",
+                 "--out", str(tmp_path / "cat.png")]) == 0
+    assert "nearest training caption ('cat face')" in capsys.readouterr().out
+
+
 def test_shipped_models_have_cards_and_configs():
     from importlib import resources
 
@@ -82,7 +94,8 @@ def test_shipped_text_student_samples_prompts_in_four_evaluations(tmp_path):
     from tinydiffusion.errors import UsageError
 
     pipe, teacher = load("emoji-fast"), load("emoji")
-    assert pipe.distilled["steps"] == [4] and pipe.recommended == {"sampler": "ddim", "steps": 4, "guidance": 3.0}
+    assert pipe.distilled["steps"] == [4] and pipe.recommended == {"sampler": "ddim", "steps": 4, "guidance": 3.0,
+                                                                   "snap": teacher.recommended["snap"]}
     assert pipe.config["model"] == teacher.config["model"] and pipe.config["context"] == teacher.config["context"]
     x = pipe.sample(["a cute cat"], n=2)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
