@@ -20,7 +20,8 @@ demo: $(STAMP)
 	@echo "   compare the ms per image with DDPM-500's above"
 	$(BIN)/tinydiffusion sample sprites --n 2 --out $(RUN)/shipped_dpmpp10.png
 	$(BIN)/tinydiffusion sample sprites-fast --n 2 --out $(RUN)/shipped_fast4.png
-	@echo "== 3. Prompts as a user types them, on the shipped text model (one row each)"
+	@echo "== 3. Prompts as a user types them, on the shipped text model (one row each); its card moves each prompt"
+	@echo "   half-way to the nearest caption it was trained on (--snap 0.5), and says which"
 	$(BIN)/tinydiffusion sample emoji --prompt "a slice of pizza" --prompt "a cute cat" --prompt "a red car" \
 		--prompt "a happy smiling face" --n 4 --out $(RUN)/shipped_emoji_prompts.png
 	$(BIN)/tinydiffusion sample emoji-fast --prompt "a cute cat" --prompt "a happy smiling face" --n 4 \

@@ -47,6 +47,7 @@ def test_guidance_levers_steer_generate_and_are_refused_by_name(page):
     from playwright.sync_api import expect
 
     name = _select_tiny(page)
+    expect(page.get_by_test_id("snap")).to_be_disabled()  # a class model: snapping is for text prompts
     guides = page.get_by_test_id("guide").locator("option").evaluate_all("os => os.map(o => o.value)")
     assert guides[:2] == ["", "none"] and any(g.endswith("/guide") for g in guides), guides
     assert not any(g.endswith("/tiny-student") or g == name for g in guides)  # no student, not itself
