@@ -128,6 +128,8 @@ def test_a_class_model_refuses_snap_by_name(shapes_npz, tmp_path, capsys):
     assert "captions" not in load(tmp_path / "run" / "model").config
     assert main(["sample", str(tmp_path / "run" / "model"), "--snap", "0.5", "--out", str(tmp_path / "x.png")]) == 2
     assert "snap=0.5" in capsys.readouterr().err
+    assert main(["eval", "sprites", "--snap", "0.5", "--out", str(tmp_path / "e.json")]) == 2  # before any work
+    assert "snap=0.5" in capsys.readouterr().err
 
 
 def test_the_studio_takes_snap_for_a_text_model_and_refuses_it_elsewhere(text_model, shapes_npz, tmp_path):

@@ -186,7 +186,8 @@ def _evaluate(config: EvalConfig, pipeline: Pipeline | None, evaluator: Evaluato
     sampler, steps, guidance = pipe.resolve(config.sampler, config.steps, config.guidance)
     plan = pipe.plan(list(pipe.context.names), n=config.per_class, seed=config.seed, sampler=sampler,
                      steps=steps, guidance=guidance, guidance_interval=config.guidance_interval, guide=config.guide,
-                     guide_scale=config.guide_scale, batch_size=config.batch_size, precision=config.precision)
+                     guide_scale=config.guide_scale, snap=config.snap, batch_size=config.batch_size,
+                     precision=config.precision)  # snap: refused by name on a class model, never ignored
     check_memory(pipe, plan, ev, config.per_class, info)
     found: list[RealReference] = []  # rank 0 reads the real data; a refusal there is every rank's (all exit 2)
     agree(lambda: found.append(real_reference(ev, data, pipe.image_size)), info)
